@@ -1,0 +1,63 @@
+"""MLP language model: Bengio, Ducharme, Vincent & Jauvin (2003), "A Neural Probabilistic Language Model".
+
+Embeddings of the previous `block_size` characters are concatenated and fed through tanh hidden layers. Every
+position of every item is predicted in one forward pass (the contexts are sliding windows over the batch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..config import check, field
+from .base import LanguageModel, masked_batch_norm, sequence_nll
+from .ngram import context_windows
+
+
+@dataclass
+class MLPConfig:
+    block_size: int = field(5, "context: how many previous characters the model sees")
+    n_embd: int = field(24, "embedding size of a character")
+    n_hidden: int = field(320, "width of each hidden layer")
+    n_layer: int = field(1, "number of hidden tanh layers")
+    batch_norm: bool = field(False, "BatchNorm before each tanh (statistics over batch and time)")
+    dropout: float = field(0.3, "dropout on the hidden layers")
+
+    def __post_init__(self):
+        check(self.block_size >= 1, f"block_size must be >= 1, got {self.block_size}")
+        check(min(self.n_embd, self.n_hidden, self.n_layer) >= 1, "n_embd, n_hidden and n_layer must be >= 1")
+        check(0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")
+
+
+class MLP(LanguageModel):
+    def __init__(self, config: MLPConfig, vocab_size: int):
+        super().__init__(config, vocab_size)
+        c = config
+        self.wte = nn.Embedding(vocab_size, c.n_embd)
+        widths = [c.block_size * c.n_embd] + [c.n_hidden] * c.n_layer
+        self.hidden = nn.ModuleList(nn.Linear(a, b, bias=not c.batch_norm) for a, b in zip(widths, widths[1:]))
+        self.norms = nn.ModuleList(nn.BatchNorm1d(c.n_hidden) for _ in range(c.n_layer)) if c.batch_norm else None
+        self.drop = nn.Dropout(c.dropout)
+        self.lm_head = nn.Linear(c.n_hidden, vocab_size)
+        with torch.no_grad():  # small output layer: the initial loss is close to ln V (lecture 4's fix)
+            self.lm_head.weight.mul_(0.1)
+            self.lm_head.bias.zero_()
+
+    @property
+    def context_size(self) -> int:
+        return self.config.block_size
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        B, T = idx.shape
+        windows = context_windows(idx, self.config.block_size)  # (B, T, block_size)
+        h = self.wte(windows).view(B, T, -1)  # (B, T, block_size * n_embd)
+        for i, layer in enumerate(self.hidden):
+            h = layer(h)  # (B, T, n_hidden)
+            if self.norms is not None:
+                h = masked_batch_norm(self.norms[i], h, targets)
+            h = self.drop(torch.tanh(h))
+        logits = self.lm_head(h)  # (B, T, V)
+        loss = sequence_nll(logits, targets) if targets is not None else None
+        return logits, loss

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture
+def names_file(tmp_path: Path) -> Path:
+    """A small line-mode dataset written by the test itself (no network, no shared data needed)."""
+    names = [
+        "emma",
+        "olivia",
+        "ava",
+        "isabella",
+        "sophia",
+        "mia",
+        "amelia",
+        "harper",
+        "evelyn",
+        "abigail",
+        "emily",
+        "ella",
+        "elizabeth",
+        "camila",
+        "luna",
+        "sofia",
+        "avery",
+        "mila",
+        "aria",
+        "scarlett",
+        "penelope",
+        "layla",
+        "chloe",
+        "victoria",
+        "madison",
+        "eleanor",
+        "grace",
+        "nora",
+        "riley",
+        "zoey",
+    ]
+    path = tmp_path / "names.txt"
+    path.write_text("\n".join(names * 3) + "\n", encoding="utf-8")
+    return path
