@@ -1,4 +1,5 @@
-"""Config dataclasses are the single source of truth: they become CLI flags and are saved with (and validated from) runs.
+"""Config dataclasses are the single source of truth: they become CLI flags, and are saved with runs and validated
+when a run is loaded.
 
 A field's metadata may carry `help` (flag help text) and `choices`. Supported field types: bool, int, float, str,
 and `X | None` of those.
