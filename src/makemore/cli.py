@@ -160,10 +160,10 @@ class StopFlag:
         signal.signal(signal.SIGTERM, handler)
 
 
-def progress_printer(total: int) -> Callable[[dict], None]:
+def progress_printer(total: int, initial: int = 0) -> Callable[[dict], None]:
     from tqdm import tqdm
 
-    bar = tqdm(total=total, unit="step", dynamic_ncols=True, file=sys.stderr, leave=True)
+    bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr, leave=True)
     shown: dict[str, str] = {}
 
     def on_event(event: dict) -> None:
@@ -231,17 +231,19 @@ def cmd_train(argv: list[str]) -> int:
 
     stop = StopFlag()
     stop.install()
-    on_event = progress_printer(train_config.max_steps) if model.trainable else (lambda e: None)
     if resume_spec is None:
         prepare_run_dir(run_dir, args.force)
         ckpt.write_json(run_dir / ckpt.RUN_FILE, spec.to_json())
         ckpt.write_split_items(run_dir, splits)
-    trainer = Trainer(model, tensors, train_config, run_dir, on_event=on_event, should_stop=stop)
+    trainer = Trainer(model, tensors, train_config, run_dir, should_stop=stop)
     print(f"device: {trainer.device}; run directory: {run_dir}")
     if resume_spec is not None:
         trainer.restore()
         ckpt.write_json(run_dir / ckpt.RUN_FILE, spec.to_json())  # records changed limits, e.g. --max-steps
         print(f"resuming at step {trainer.state.step} of {train_config.max_steps}")
+    sys.stdout.flush()
+    on_event = progress_printer(train_config.max_steps, trainer.state.step) if model.trainable else (lambda e: None)
+    trainer.on_event = on_event
     try:
         result = trainer.train()
     finally:

@@ -1,0 +1,46 @@
+import argparse
+from dataclasses import dataclass
+
+import pytest
+
+from makemore import config
+from makemore.errors import MakemoreError
+from makemore.models import MODELS
+from makemore.train import TrainConfig
+
+
+@dataclass
+class Example:
+    size: int = config.field(4, "a size")
+    rate: float | None = config.field(None, "a rate")
+    name: str = config.field("a", "a name", choices=("a", "b"))
+    flag: bool = config.field(False, "a flag")
+
+    def __post_init__(self):
+        config.check(self.size > 0, "size must be > 0")
+
+
+def test_fields_become_kebab_case_flags():
+    parser = argparse.ArgumentParser()
+    config.add_flags(parser, Example)
+    args = parser.parse_args(["--size", "8", "--rate", "0.5", "--name", "b", "--flag"])
+    assert config.from_namespace(Example, args) == Example(8, 0.5, "b", True)
+    assert config.from_namespace(Example, parser.parse_args([])) == Example()
+
+
+def test_from_dict_validates():
+    assert config.from_dict(Example, {"size": 3, "rate": 1}) == Example(3, 1.0)
+    for bad in ({"nope": 1}, {"size": "3"}, {"size": True}, {"size": 0}, []):
+        with pytest.raises(MakemoreError):
+            config.from_dict(Example, bad)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_config_round_trips_and_no_flag_clashes_with_training(name):
+    spec = MODELS[name]
+    default = spec.config_class()
+    assert config.from_dict(spec.config_class, config.to_dict(default)) == default
+    parser = argparse.ArgumentParser()
+    config.add_flags(parser, TrainConfig)
+    config.add_flags(parser, spec.config_class)  # argparse raises on a clashing flag
+    config.replace(TrainConfig(), **spec.train_defaults)
