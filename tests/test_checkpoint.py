@@ -7,7 +7,7 @@ from makemore import checkpoint as ckpt
 from makemore.data import LineSplit, Vocab
 from makemore.errors import MakemoreError
 from makemore.models import MODELS, build_model
-from makemore.train import Trainer, TrainConfig
+from makemore.train import TrainConfig, Trainer
 
 
 def test_atomic_write_interrupted_mid_write_keeps_the_old_file(tmp_path, monkeypatch):

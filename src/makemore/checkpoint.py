@@ -2,8 +2,9 @@
 
 RUN/run.json                 format version, model name + config, train config, vocab, data provenance
 RUN/model.safetensors        the best weights by val loss (what eval / sample / score use)
-RUN/checkpoint.safetensors   latest weights + optimizer + RNG + sampler state, for exact resume
-RUN/checkpoint.json          step, best val loss, elapsed time of that checkpoint
+RUN/checkpoint.safetensors   latest weights + optimizer + RNG + sampler state, for exact resume; its JSON metadata
+                             (step, best val loss, elapsed time, optimizer scalars) is in the same file's header,
+                             so one rename replaces both (older runs kept it in RUN/checkpoint.json)
 RUN/metrics.jsonl            one JSON object per log line
 RUN/{train,val,test}.txt     the items of each split (line mode), so a run describes itself
 RUN/samples.txt              samples drawn at the end of training
@@ -11,7 +12,9 @@ RUN/samples.txt              samples drawn at the end of training
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -29,6 +32,8 @@ from .errors import MakemoreError
 from .models import MODELS, LanguageModel, build_model
 
 FORMAT_VERSION = 1
+CHECKPOINT_METADATA_KEY = "makemore.checkpoint"  # safetensors header entry holding the checkpoint's JSON
+MAX_SAFETENSORS_HEADER = 100 << 20
 RUN_FILE = "run.json"
 WEIGHTS_FILE = "model.safetensors"
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -64,14 +69,48 @@ def write_json(path: str | Path, obj: Any) -> None:
     atomic_write(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
-def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> None:
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Tensors (and optional string metadata in the header) as one safetensors file, written atomically."""
     plain = {name: t.detach().to("cpu").contiguous().clone() for name, t in tensors.items()}
-    atomic_write(path, save_safetensors_bytes(plain))
+    atomic_write(path, save_safetensors_bytes(plain, metadata=metadata))
 
 
 def append_line(path: str | Path, obj: dict) -> None:
+    """Append one JSON line; if the write fails (disk full), cut the file back so no half line stays."""
     with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(obj) + "\n")
+        size = handle.tell()
+        try:
+            handle.write(json.dumps(obj) + "\n")
+            handle.flush()
+        except OSError:
+            with contextlib.suppress(OSError):
+                handle.truncate(size)
+            raise
+
+
+def truncate_metrics(path: str | Path, step: int) -> int:
+    """Drop log lines past `step` (written after the checkpoint a resume starts from) and unreadable (half-written)
+    lines, so the log reads as if the run had never stopped. Returns how many lines were dropped."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_bytes().split(b"\n"):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line.decode("utf-8"))
+            record_step = record.get("step", 0) if isinstance(record, dict) else None
+            ok = isinstance(record_step, (int, float)) and record_step <= step
+        except (UnicodeDecodeError, ValueError):
+            ok = False
+        if ok:
+            kept.append(line + b"\n")
+        else:
+            dropped += 1
+    if dropped:
+        atomic_write(path, b"".join(kept))
+    return dropped
 
 
 # ---------------------------------------------------------------------------------------------------------- reading
@@ -85,17 +124,41 @@ def read_json(path: str | Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise MakemoreError(f"{path}: missing") from None
+    except IsADirectoryError:
+        raise MakemoreError(f"{path}: is a directory, expected a JSON file") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise MakemoreError(f"{path}: corrupt JSON ({error})") from None
+    except RecursionError:
+        raise MakemoreError(f"{path}: corrupt JSON (nested too deeply)") from None
+    except OSError as error:
+        raise MakemoreError(f"{path}: cannot read ({error.strerror or error})") from None
 
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    return load_tensors_with_metadata(path)[0]
+
+
+def load_tensors_with_metadata(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A safetensors file's tensors and its header metadata. Only parses: safetensors has no code to run."""
     path = Path(path)
     try:
-        return load_safetensors_bytes(path.read_bytes())
+        data = path.read_bytes()
     except FileNotFoundError:
         raise MakemoreError(f"{path}: missing") from None
-    except (SafetensorError, ValueError, RuntimeError) as error:
+    except IsADirectoryError:
+        raise MakemoreError(f"{path}: is a directory, expected a safetensors file") from None
+    except OSError as error:
+        raise MakemoreError(f"{path}: cannot read ({error.strerror or error})") from None
+    try:
+        header_size = int.from_bytes(data[:8], "little")
+        if len(data) < 8 or header_size > min(len(data) - 8, MAX_SAFETENSORS_HEADER):
+            raise ValueError("truncated or not a safetensors file")
+        header = json.loads(data[8 : 8 + header_size].decode("utf-8"))
+        metadata = (header.get("__metadata__") or {}) if isinstance(header, dict) else {}
+        if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+            raise ValueError("its header metadata is not a map of strings")
+        return load_safetensors_bytes(data), metadata
+    except (SafetensorError, ValueError, RuntimeError, RecursionError, OverflowError) as error:
         raise MakemoreError(f"{path}: not a valid safetensors file ({str(error).splitlines()[0]})") from None
 
 
@@ -140,9 +203,18 @@ def parse_run_spec(obj: Any, where: str) -> RunSpec:
         raise MakemoreError(f"{where}: vocab must be a list of single characters")
     if len(set(chars)) != len(chars):
         raise MakemoreError(f"{where}: vocab has repeated characters")
+    # Items are lines of UTF-8 text: a line break or a lone surrogate can never be one of their characters.
+    # (In a stream-mode run, one continuous text, line breaks are ordinary characters.)
+    stream = isinstance(obj.get("data"), dict) and obj["data"].get("mode") == "stream"
+    bad = [c for c in chars if (c.splitlines() != [c] and not stream) or 0xD800 <= ord(c) <= 0xDFFF]
+    if bad:
+        raise MakemoreError(f"{where}: vocab has characters no text line can hold: {bad[:5]!r}")
     train_config, data = obj.get("train_config"), obj.get("data")
     if not isinstance(train_config, dict) or not isinstance(data, dict):
         raise MakemoreError(f"{where}: train_config and data must be JSON objects")
+    max_len = data.get("max_len")
+    if max_len is not None and (type(max_len) is not int or not 1 <= max_len <= 1 << 20):
+        raise MakemoreError(f"{where}: data.max_len must be an integer in 1..{1 << 20}, got {max_len!r}")
     return RunSpec(name, model_config, train_config, Vocab(chars), data)
 
 
@@ -151,6 +223,11 @@ def read_run_spec(run_dir: str | Path) -> RunSpec:
     if not run_dir.is_dir():
         raise MakemoreError(f"{run_dir}: no such run directory")
     path = run_dir / RUN_FILE
+    if not path.exists():
+        raise MakemoreError(
+            f"{path}: missing, so {run_dir} is not a (complete) makemore run; if training was stopped while it "
+            "was starting, start it again with --force"
+        )
     return parse_run_spec(read_json(path), str(path))
 
 
@@ -168,16 +245,24 @@ def load_weights(model: LanguageModel, path: str | Path, tensors: dict[str, torc
         want = expected[name]
         if want.numel() > 0 and tensor.shape != want.shape:
             raise MakemoreError(
-                f"{path}: {name} has shape {tuple(tensor.shape)}, the model expects {tuple(want.shape)}"
+                f"{path}: {name} has shape {tuple(tensor.shape)}, the model expects {tuple(want.shape)} "
+                f"(from run.json's config and its vocabulary of {getattr(model, 'vocab_size', '?')} symbols)"
             )
         if tensor.dtype != want.dtype:
             raise MakemoreError(f"{path}: {name} has dtype {tensor.dtype}, the model expects {want.dtype}")
-    model.load_state_dict(tensors)
-
-
-def build_from_spec(spec: RunSpec, where: str = "run") -> LanguageModel:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise MakemoreError(f"{path}: {name} holds NaN or infinite values")
     try:
-        return build_model(spec.model_name, spec.model_config, spec.vocab.size)
+        model.load_state_dict(tensors)
+    except (RuntimeError, ValueError) as error:
+        raise MakemoreError(f"{path}: weights do not fit the model ({str(error).splitlines()[0]})") from None
+
+
+def build_from_spec(spec: RunSpec, where: str = "run", run_dir: str | Path | None = None) -> LanguageModel:
+    """The (unloaded) model a run spec describes; with `run_dir`, the model class may read more of the run there."""
+    try:
+        run_dir = None if run_dir is None else Path(run_dir)
+        return build_model(spec.model_name, spec.model_config, spec.vocab.size, run_dir)
     except (ValueError, RuntimeError) as error:
         raise MakemoreError(f"{where}: cannot build the model ({error})") from None
 
@@ -186,7 +271,7 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple
     """The best weights of a run, in eval mode."""
     run_dir = Path(run_dir)
     spec = read_run_spec(run_dir)
-    model = build_from_spec(spec, str(run_dir))
+    model = build_from_spec(spec, str(run_dir / RUN_FILE), run_dir)
     load_weights(model, run_dir / WEIGHTS_FILE)
     return spec, model.to(device).eval()
 
@@ -195,7 +280,15 @@ def read_split_items(run_dir: str | Path, split: str) -> list[str]:
     path = Path(run_dir) / f"{split}.txt"
     if not path.exists():
         return []
-    return [line for line in path.read_text(encoding="utf-8").split("\n") if line]
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise MakemoreError(f"{path}: not valid UTF-8 (byte {error.start}); the run directory is corrupt") from None
+    except OSError as error:
+        raise MakemoreError(f"{path}: cannot read ({error.strerror or error})") from None
+    if "\x00" in text:
+        raise MakemoreError(f"{path}: contains NUL bytes; the run directory is corrupt")
+    return [line for line in text.split("\n") if line]
 
 
 def write_split_items(run_dir: str | Path, splits: dict[str, list[str]]) -> None:
@@ -218,7 +311,15 @@ def flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], d
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+def unflatten_optimizer(
+    tensors: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    optimizer: torch.optim.Optimizer | None = None,
+    where: str = "checkpoint",
+) -> dict[str, Any]:
+    """Inverse of flatten_optimizer. Given the optimizer it is meant for, also check that the saved state fits it
+    (same groups and settings of the same types, finite numbers, moment tensors shaped like their parameters), so
+    a tampered checkpoint fails here with one line instead of inside optimizer.step()."""
     state: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
         if name.startswith("optimizer."):
@@ -227,4 +328,47 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) 
     for name, value in meta.get("scalars", {}).items():
         param_id, key = name.split(".", 1)
         state.setdefault(int(param_id), {})[key] = value
-    return {"state": state, "param_groups": meta["param_groups"]}
+    loaded = {"state": state, "param_groups": meta["param_groups"]}
+    if optimizer is not None:
+        check_optimizer_state(loaded, optimizer, where)
+    return loaded
+
+
+def _same_kind(value: Any, reference: Any) -> bool:
+    if reference is None or isinstance(reference, bool):
+        return value is None or type(value) is type(reference)
+    if isinstance(reference, (int, float)):
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(reference, (tuple, list)):
+        return (
+            isinstance(value, (tuple, list))
+            and len(value) == len(reference)
+            and all(_same_kind(v, r) for v, r in zip(value, reference))
+        )
+    return type(value) is type(reference)
+
+
+def check_optimizer_state(loaded: dict[str, Any], optimizer: torch.optim.Optimizer, where: str) -> None:
+    reference = optimizer.state_dict()
+    groups = loaded["param_groups"]
+    if not isinstance(groups, list) or len(groups) != len(reference["param_groups"]):
+        raise MakemoreError(f"{where}: optimizer state has other parameter groups than this model's optimizer")
+    shapes: dict[int, torch.Size] = {}
+    for group, ref_group, params in zip(groups, reference["param_groups"], optimizer.param_groups):
+        if not isinstance(group, dict) or set(group) != set(ref_group) or group["params"] != ref_group["params"]:
+            raise MakemoreError(f"{where}: optimizer state has other parameter groups than this model's optimizer")
+        for key, value in group.items():
+            if key != "params" and not _same_kind(value, ref_group[key]):
+                raise MakemoreError(f"{where}: optimizer setting {key} = {value!r} is not valid")
+        shapes.update(zip(ref_group["params"], (p.shape for p in params["params"])))
+    for param_id, entries in loaded["state"].items():
+        if param_id not in shapes:
+            raise MakemoreError(f"{where}: optimizer state for unknown parameter {param_id}")
+        for key, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                if value.dim() > 0 and value.shape != shapes[param_id]:
+                    raise MakemoreError(f"{where}: optimizer {key} of parameter {param_id} has the wrong shape")
+                if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                    raise MakemoreError(f"{where}: optimizer {key} of parameter {param_id} is not finite")
+            elif not _same_kind(value, 0.0):
+                raise MakemoreError(f"{where}: optimizer {key} of parameter {param_id} is not a number")

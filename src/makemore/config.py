@@ -19,9 +19,12 @@ from .errors import MakemoreError
 T = TypeVar("T")
 
 
-def field(default: Any, help: str = "", choices: tuple | None = None) -> Any:
-    """A dataclass field with a default, a help text for its CLI flag, and optional allowed values."""
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+def field(default: Any, help: str = "", choices: tuple | None = None, names: dict[str, Any] | None = None) -> Any:
+    """A dataclass field with a default, a help text for its CLI flag, and optional allowed values.
+
+    `names` gives flag words for special values, e.g. {"auto": 0} lets `--order auto` set an int field to 0.
+    """
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "names": names})
 
 
 def _base_type(annotation: Any) -> tuple[type, bool]:
@@ -42,10 +45,12 @@ def flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _parse_scalar(kind: type, optional: bool, name: str):
+def _parse_scalar(kind: type, optional: bool, name: str, names: dict[str, Any] | None = None):
     def parse(text: str):
         if optional and text.lower() in ("none", "null", ""):
             return None
+        if names and text.lower() in names:
+            return names[text.lower()]
         try:
             value = kind(text)
         except ValueError:
@@ -64,7 +69,9 @@ def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: ty
     for f in dataclasses.fields(cls):
         kind, optional = _field_types(cls)[f.name]
         default = getattr(defaults, f.name)
-        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        names = f.metadata.get("names") or {}
+        shown = next((word for word, value in names.items() if value == default), default)
+        help_text = f"{f.metadata.get('help', '')} (default: {shown})"
         if kind is bool:
             parser.add_argument(
                 flag_name(f.name),
@@ -77,7 +84,7 @@ def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: ty
             parser.add_argument(
                 flag_name(f.name),
                 dest=f.name,
-                type=_parse_scalar(kind, optional, f.name),
+                type=_parse_scalar(kind, optional, f.name, names),
                 choices=f.metadata.get("choices"),
                 default=argparse.SUPPRESS,
                 help=help_text,
@@ -104,8 +111,11 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
-    """Validate a JSON object against `cls`: unknown keys, missing keys fall back to defaults, wrong types raise."""
+def from_dict(cls: type[T], data: Any, where: str = "config", finite: bool = True) -> T:
+    """Validate a JSON object against `cls`: unknown keys, missing keys fall back to defaults, wrong types raise.
+
+    JSON from a file may hold NaN and Infinity: float fields must be finite unless `finite` is False.
+    """
     if not isinstance(data, dict):
         raise MakemoreError(f"{where}: expected a JSON object, got {type(data).__name__}")
     known = _field_types(cls)
@@ -123,6 +133,8 @@ def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
             value, ok = float(value), True
         if not ok:
             raise MakemoreError(f"{where}: field {name} must be {kind.__name__}, got {value!r}")
+        if finite and kind is float and not math.isfinite(value):
+            raise MakemoreError(f"{where}: field {name} must be finite, got {value!r}")
         values[name] = value
     try:
         return cls(**values)

@@ -1,14 +1,36 @@
-"""One generate() for every model: batched, incremental (model.step), finished rows leave the batch.
+"""One decoder for every model: batched sampling, greedy, beam search, and exact constraints by logit masking.
 
-Decoding options act on the next-token logits (B, V) of each step; constraints are masks on those logits.
+It sees models only through `init_state` / `step` / `reorder_state`, so each model's own incremental state (a
+rolling context window, recurrent state, a KV cache) does the work and no step recomputes the prefix:
+
+- The prefix is fed once, for one row, and the state is then copied to the n rows (`reorder_state` with repeated
+  row indices).
+- All n items are one batch; a row that emits the end token leaves the batch (`reorder_state` keeps the rest), so
+  the batch shrinks as items finish and the loop stops when the last one has.
+- Sampling uses the Gumbel-max trick with noise drawn for all n output rows at every step (Gumbel 1954; Maddison
+  et al. 2014): item i at step t always uses the same random numbers whoever else is still in the batch. Seeded
+  runs therefore repeat exactly, and `generate_recompute` (the naive path: every row, whole prefix, every step)
+  gives the very same items, which the tests check.
+
+`decode_smc` runs a particle filter on top of the same masks, so that items follow the model conditioned on the
+constraints rather than the per-step renormalised model.
+
+Decoding options act on the next-token logits (B, V) of each step, after the constraint mask (constraints.py):
+mask, then temperature, then top-k, then top-p. Log-probabilities reported with items are at temperature 1 with no
+top-k/top-p: `logprob` under the model conditioned step by step on the constraints (masked and renormalised), and
+`model_logprob` under the model alone (the item's probability, prefix and end token included, as `score` gives).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from .constraints import Constraint, length_constraint
 from .data import BOUNDARY
 from .models import LanguageModel
 
@@ -21,27 +43,346 @@ class DecodeOptions:
     greedy: bool = False
 
 
+@dataclass
+class Generated:
+    """One item: token ids (prefix included, no boundary) and its log-probabilities (nats, temperature 1)."""
+
+    ids: list[int]
+    logprob: float  # under the model conditioned per step on the constraints (the sampler's distribution at T=1)
+    model_logprob: float  # under the model alone: prefix, characters and the end token
+    token_logprobs: list[float]  # the model's log-prob of each character and of the end (len(ids) + 1 values)
+    score: float | None = None  # beam search: the (length-normalised) score it was ranked by
+
+
 def filter_logits(logits: torch.Tensor, options: DecodeOptions) -> torch.Tensor:
     """Temperature, then top-k, then top-p (nucleus) on logits (B, V); removed entries become -inf."""
-    logits = logits.float() / max(options.temperature, 1e-8)
+    logits = logits.float()
+    if options.temperature != 1.0:
+        logits = logits / max(options.temperature, 1e-8)
     if options.top_k is not None and options.top_k < logits.size(-1):
         kth = torch.topk(logits, options.top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if options.top_p is not None and options.top_p < 1.0:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
+        probs = torch.softmax(sorted_logits, dim=-1)
         # drop a token when the tokens ranked above it already reach top_p (the top token always stays)
-        drop_sorted = (cumulative - torch.softmax(sorted_logits, dim=-1)) >= options.top_p
+        drop_sorted = (probs.cumsum(-1) - probs) >= options.top_p
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
 
 
-def choose(logits: torch.Tensor, options: DecodeOptions, generator: torch.Generator | None) -> torch.Tensor:
+def gumbel(u: torch.Tensor) -> torch.Tensor:
+    """Standard Gumbel noise from uniform u in [0, 1): argmax(logits + noise) is a sample from softmax(logits)."""
+    return u.log_().neg_().log_().neg_()  # in place: u is a fresh tensor
+
+
+def choose(logits: torch.Tensor, options: DecodeOptions, noise: torch.Tensor | None) -> torch.Tensor:
+    """Next token ids (B,) from logits (B, V): argmax if greedy, else a sample (Gumbel-max with `noise` (B, V))."""
     if options.greedy:
         return logits.argmax(-1)
-    probs = torch.softmax(filter_logits(logits, options), dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return (filter_logits(logits, options) + noise).argmax(-1)
+
+
+def _prime(model: LanguageModel, n: int, prefix: list[int], device: torch.device):
+    """Feed the boundary and the prefix once (one row), then copy the state to n rows.
+
+    Returns the next-token logits (n, V), the state, and the model's log-prob of each prefix character.
+    """
+    state = model.init_state(1)
+    prefix_logprobs: list[float] = []
+    logits = None
+    for token in [BOUNDARY] + prefix:
+        if logits is not None:
+            prefix_logprobs.append(float(torch.log_softmax(logits.double(), dim=-1)[0, token]))
+        logits, state = model.step(torch.full((1,), token, dtype=torch.long, device=device), state)
+    rows = torch.zeros(n, dtype=torch.long, device=device)
+    return logits.expand(n, -1), model.reorder_state(state, rows), prefix_logprobs
+
+
+def _mask(logits: torch.Tensor, constraint: Constraint, states: torch.Tensor, t: int) -> torch.Tensor:
+    """Constraint mask on logits (B, V) of rows in DFA `states` whose items have t characters."""
+    if constraint.trivial and constraint.min_len <= t < constraint.max_len:
+        return logits  # only lengths are constrained, and this position is free
+    return logits.masked_fill(~constraint.allowed(states, t), float("-inf"))
+
+
+@torch.inference_mode()
+def decode(
+    model: LanguageModel,
+    n: int,
+    constraint: Constraint,
+    options: DecodeOptions | None = None,
+    generator: torch.Generator | None = None,
+    details: bool = True,
+) -> list[Generated]:
+    """n items as one batch, every one satisfying `constraint`; finished rows leave the batch.
+
+    With details=False the log-probabilities are not computed (faster) and are reported as nan.
+    """
+    options = options or DecodeOptions()
+    if model.training:
+        model.eval()
+    device = model.device
+    constraint = constraint.to(device)
+    prefix = constraint.prefix_ids
+    logits, state, prefix_logprobs = _prime(model, n, prefix, device)
+    V = logits.size(-1)
+    steps = constraint.max_len - len(prefix) + 1  # the last step can only emit the end token
+    tokens = torch.zeros(n, steps, dtype=torch.long, device=device)  # BOUNDARY-filled: a row's end is its first 0
+    model_lp = torch.zeros(n, steps, device=device) if details else None
+    masked_lp = torch.zeros(n, steps, device=device) if details else None
+    active = torch.arange(n, device=device)  # which output row each batch row belongs to
+    B = n  # rows still in the batch
+    states = constraint.initial_states(n)
+    for j in range(steps):
+        t = len(prefix) + j
+        masked = _mask(logits, constraint, states, t)
+        noise = None
+        if not options.greedy:
+            u = torch.rand(n, V, generator=generator, device=device)  # every output row's numbers, every step
+            noise = gumbel(u if B == n else u.index_select(0, active))
+        next_ids = choose(masked, options, noise)  # (B,)
+        rows = slice(None) if B == n else active
+        tokens[rows, j] = next_ids
+        if details:
+            model_lp[rows, j] = torch.log_softmax(logits.float(), -1).gather(1, next_ids[:, None]).squeeze(1)
+            if masked is not logits:
+                masked_lp[rows, j] = torch.log_softmax(masked.float(), -1).gather(1, next_ids[:, None]).squeeze(1)
+            else:
+                masked_lp[rows, j] = model_lp[rows, j]
+        ended = next_ids == BOUNDARY
+        n_ended = int(ended.sum())  # the one host sync per step
+        if j == steps - 1 or n_ended == B:
+            break
+        if not constraint.trivial:
+            states = constraint.advance(states, next_ids)
+        if n_ended:
+            keep = (~ended).nonzero(as_tuple=True)[0]
+            active, next_ids, states = active[keep], next_ids[keep], states[keep]
+            state = model.reorder_state(state, keep)
+            B -= n_ended
+        logits, state = model.step(next_ids, state)
+    return _collect(prefix, tokens, model_lp, masked_lp, prefix_logprobs, details)
+
+
+@torch.inference_mode()
+def decode_smc(
+    model: LanguageModel,
+    n: int,
+    particles: int,
+    constraint: Constraint,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> list[Generated]:
+    """n items that follow the model conditioned on the constraint, by sequential Monte Carlo (a particle filter).
+
+    Masking alone samples q(x) = prod_t p(x_t | x_<t, allowed), which is not p(x | constraint): it over-weights
+    items whose early characters made the constraint hard to meet (a rare suffix is then forced at --max-len). Each
+    item here has its own population of `particles` masked samples, weighted by w = p(x) / q(x) = prod_t Z_t (Z_t:
+    the probability the model gave to the allowed tokens at step t) and resampled within the population whenever
+    its effective sample size falls below half (Doucet, de Freitas & Gordon 2001; for language models: Lew et al.
+    2023, "Sequential Monte Carlo Steering of Large Language Models"). One particle per population is returned,
+    picked by weight. As `particles` grows, items approach the exact conditional of the model at `temperature`.
+    """
+    if model.training:
+        model.eval()
+    device = model.device
+    constraint = constraint.to(device)
+    prefix = constraint.prefix_ids
+    M, N = particles, n * particles
+    logits, state, prefix_logprobs = _prime(model, N, prefix, device)
+    V = logits.size(-1)
+    steps = constraint.max_len - len(prefix) + 1
+    tokens = torch.zeros(N, steps, dtype=torch.long, device=device)  # per particle; a row's end is its first 0
+    model_lp = torch.zeros(N, steps, device=device)
+    masked_lp = torch.zeros(N, steps, device=device)
+    log_w = torch.zeros(N, dtype=torch.float64, device=device)  # log importance weight since the last resampling
+    alive = torch.ones(N, dtype=torch.bool, device=device)  # particles that have not ended
+    active = torch.arange(N, device=device)  # the particle of each batch row
+    states = constraint.initial_states(N)
+    first = torch.arange(n, device=device) * M  # the first particle of each population
+    for j in range(steps):
+        masked = _mask(logits, constraint, states, len(prefix) + j)
+        scaled, scaled_masked = logits.float() / temperature, masked.float() / temperature
+        u = torch.rand(active.numel(), V, generator=generator, device=device)
+        next_ids = (scaled_masked + gumbel(u)).argmax(-1)  # a sample of the masked, tempered model
+        tokens[active, j] = next_ids
+        model_lp[active, j] = torch.log_softmax(logits.float(), -1).gather(1, next_ids[:, None]).squeeze(1)
+        masked_lp[active, j] = torch.log_softmax(masked.float(), -1).gather(1, next_ids[:, None]).squeeze(1)
+        log_w[active] += (torch.logsumexp(scaled_masked, -1) - torch.logsumexp(scaled, -1)).double()  # log Z_t
+        ended = next_ids == BOUNDARY
+        alive[active[ended]] = False
+        if j == steps - 1 or not bool(alive.any()):
+            break
+        states = constraint.advance(states, next_ids)
+        w = torch.softmax(log_w.view(n, M), dim=1)  # (n, M)
+        resample = (1.0 / (w * w).sum(1)) < M / 2  # effective sample size below half
+        if bool(resample.any()):
+            ancestors = torch.arange(N, device=device).view(n, M)
+            picks = torch.multinomial(w[resample], M, replacement=True, generator=generator)  # (r, M)
+            ancestors[resample] = picks + first[resample, None]
+            ancestors = ancestors.view(-1)
+            tokens, model_lp, masked_lp, alive = (
+                tokens[ancestors],
+                model_lp[ancestors],
+                masked_lp[ancestors],
+                alive[ancestors],
+            )
+            log_w = log_w.view(n, M).masked_fill(resample[:, None], 0.0).view(-1)
+            row_of = torch.full((N,), -1, dtype=torch.long, device=device)
+            row_of[active] = torch.arange(active.numel(), device=device)
+            active = alive.nonzero(as_tuple=True)[0]
+            rows = row_of[ancestors[active]]  # the batch row of each live particle's ancestor (alive, so present)
+        elif bool(ended.any()):
+            rows = (~ended).nonzero(as_tuple=True)[0]
+            active = active[rows]
+        else:
+            logits, state = model.step(next_ids, state)
+            continue
+        next_ids, states = next_ids[rows], states[rows]
+        state = model.reorder_state(state, rows)
+        logits, state = model.step(next_ids, state)
+    picks = torch.multinomial(torch.softmax(log_w.view(n, M), dim=1), 1, generator=generator).squeeze(1)  # (n,)
+    chosen = first + picks
+    return _collect(prefix, tokens[chosen], model_lp[chosen], masked_lp[chosen], prefix_logprobs, True)
+
+
+def _collect(
+    prefix: list[int],
+    tokens: torch.Tensor,
+    model_lp: torch.Tensor | None,
+    masked_lp: torch.Tensor | None,
+    prefix_logprobs: list[float],
+    details: bool,
+) -> list[Generated]:
+    """Per-row results from the (n, steps) buffers; a row's item ends at its first BOUNDARY."""
+    tokens_np = tokens.cpu().numpy()
+    ended = tokens_np == BOUNDARY
+    lengths = np.where(ended.any(1), ended.argmax(1), tokens_np.shape[1])  # characters after the prefix
+    rows, n_chars = tokens_np.tolist(), lengths.tolist()  # whole-array conversions: per-row numpy calls are slow
+    if not details or model_lp is None or masked_lp is None:
+        return [Generated(prefix + ids[:n], math.nan, math.nan, []) for ids, n in zip(rows, n_chars)]
+    counted = np.arange(tokens_np.shape[1])[None, :] <= lengths[:, None]  # the characters and the end token
+    model_np = model_lp.cpu().double().numpy()
+    model_sums = (np.where(counted, model_np, 0.0).sum(1) + math.fsum(prefix_logprobs)).tolist()
+    masked_sums = np.where(counted, masked_lp.cpu().double().numpy(), 0.0).sum(1).tolist()
+    return [
+        Generated(prefix + ids[:n], masked, total, prefix_logprobs + per_token[: n + 1])
+        for ids, n, masked, total, per_token in zip(rows, n_chars, masked_sums, model_sums, model_np.tolist())
+    ]
+
+
+@torch.inference_mode()
+def generate_recompute(
+    model: LanguageModel,
+    n: int,
+    constraint: Constraint,
+    options: DecodeOptions | None = None,
+    generator: torch.Generator | None = None,
+) -> list[list[int]]:
+    """The naive reference path (the original makemore's): all n rows to the end, `forward` on the whole sequence
+    at every step, no state. Same random numbers as `decode`, so the same items; for tests and benchmarks."""
+    options = options or DecodeOptions()
+    model.eval()
+    device = model.device
+    constraint = constraint.to(device)
+    prefix = constraint.prefix_ids
+    seq = torch.tensor([[BOUNDARY] + prefix] * n, dtype=torch.long, device=device)  # (n, 1 + len(prefix))
+    done = torch.zeros(n, dtype=torch.bool, device=device)
+    states = constraint.initial_states(n)
+    steps = constraint.max_len - len(prefix) + 1
+    for j in range(steps):
+        logits = model(seq)[0][:, -1, :]  # (n, V): the whole prefix recomputed
+        masked = _mask(logits, constraint, states, len(prefix) + j)
+        noise = None if options.greedy else gumbel(torch.rand(n, logits.size(-1), generator=generator, device=device))
+        next_ids = choose(masked, options, noise).masked_fill(done, BOUNDARY)
+        seq = torch.cat([seq, next_ids[:, None]], dim=1)
+        done |= next_ids == BOUNDARY
+        if bool(done.all()):
+            break
+        states = constraint.advance(states, next_ids)
+    out = []
+    for row in seq[:, 1:].tolist():
+        ids = row[len(prefix) :]
+        out.append(prefix + ids[: ids.index(BOUNDARY)] if BOUNDARY in ids else prefix + ids)
+    return out
+
+
+@torch.inference_mode()
+def beam_search(
+    model: LanguageModel,
+    k: int,
+    constraint: Constraint,
+    width: int | None = None,
+    length_penalty: float = 0.0,
+    accept: Callable[[list[int]], bool] | None = None,
+) -> list[Generated]:
+    """The k most probable complete items under the model that satisfy `constraint` (and `accept`), best first.
+
+    Beam search as in D2L 11.8: keep the `width` (default k) most probable unfinished items at each step; an item
+    that ends is a candidate, ranked by log P / L**length_penalty (L = tokens predicted: characters + end; 0 ranks
+    by probability alone). It stops when no unfinished item can beat the k-th best finished one (log P only falls as
+    an item grows), so with a width at least the number of live prefixes it is exact: it returns the same items as
+    scoring every string up to max_len. Rejected items (`accept` returns False) do not count towards k.
+    """
+    width = max(width or k, 1)
+    model.eval()
+    device = model.device
+    constraint = constraint.to(device)
+    prefix = constraint.prefix_ids
+    logits, state, prefix_logprobs = _prime(model, 1, prefix, device)
+    # per beam: model log P so far (prefix included), log P under the masked model, per-token log-probs, tokens
+    scores = torch.full((1,), math.fsum(prefix_logprobs), dtype=torch.float64, device=device)
+    masked_scores = torch.zeros(1, dtype=torch.float64, device=device)
+    per_token = torch.zeros(1, 0, dtype=torch.float64, device=device)  # (B, t)
+    seqs = torch.zeros(1, 0, dtype=torch.long, device=device)  # (B, t) the tokens after the prefix
+    states = constraint.initial_states(1)
+    finished: list[Generated] = []
+    steps = constraint.max_len - len(prefix) + 1
+    longest = constraint.max_len + 1  # most tokens an item can predict: bounds the length-normalised score
+    for j in range(steps):
+        t = len(prefix) + j
+        allowed = constraint.allowed(states, t)  # (B, V)
+        logp = torch.log_softmax(logits.double(), -1)
+        masked_logp = torch.log_softmax(logp.masked_fill(~allowed, float("-inf")), -1)
+        total = (scores[:, None] + logp).masked_fill(~allowed, float("-inf"))  # (B, V)
+        # Items that end here.
+        for row in torch.isfinite(total[:, BOUNDARY]).nonzero(as_tuple=True)[0].tolist():
+            ids = prefix + seqs[row].tolist()
+            if accept is not None and not accept(ids):
+                continue
+            value = float(total[row, BOUNDARY])
+            finished.append(
+                Generated(
+                    ids,
+                    float(masked_scores[row] + masked_logp[row, BOUNDARY]),
+                    value,
+                    prefix_logprobs + per_token[row].tolist() + [float(logp[row, BOUNDARY])],
+                    value / (len(ids) + 1) ** length_penalty,
+                )
+            )
+        finished.sort(key=lambda g: -g.score)
+        del finished[k:]
+        # Items that go on: the `width` best (beam, character) pairs.
+        total[:, BOUNDARY] = float("-inf")
+        flat = total.flatten()
+        n_live = int(torch.isfinite(flat).sum())
+        if n_live == 0 or j == steps - 1:
+            break
+        best_values, best = flat.topk(min(width, n_live))
+        bound = float(best_values[0]) / longest**length_penalty  # the best any of them could still score
+        if len(finished) == k and finished[-1].score >= bound:
+            break
+        parents, chars = best // total.size(1), best % total.size(1)
+        scores = best_values
+        masked_scores = masked_scores[parents] + masked_logp[parents, chars]
+        per_token = torch.cat([per_token[parents], logp[parents, chars][:, None]], dim=1)
+        seqs = torch.cat([seqs[parents], chars[:, None]], dim=1)
+        states = constraint.advance(states[parents], chars)
+        state = model.reorder_state(state, parents)
+        logits, state = model.step(chars, state)
+    return finished
 
 
 @torch.inference_mode()
@@ -53,32 +394,6 @@ def generate(
     prefix: list[int] | None = None,
     generator: torch.Generator | None = None,
 ) -> list[list[int]]:
-    """n items as lists of token ids (the prefix included, boundary excluded); each at most max_len tokens.
-
-    Rows that emit the boundary token are finished and leave the batch (reorder_state keeps the rest).
-    """
-    options = options or DecodeOptions()
-    prefix = prefix or []
-    model.eval()
-    device = model.device
-    state = model.init_state(n)
-    outputs: list[list[int]] = [list(prefix) for _ in range(n)]
-    # Feed the boundary and the prefix; the last call's logits give the first free token.
-    feed = [BOUNDARY] + list(prefix)
-    for token in feed:
-        logits, state = model.step(torch.full((n,), token, dtype=torch.long, device=device), state)
-    active = torch.arange(n, device=device)  # which output each batch row belongs to
-    for _ in range(max_len - len(prefix)):
-        next_ids = choose(logits, options, generator)  # (B,)
-        ended = next_ids == BOUNDARY
-        for row, token in zip(active.tolist(), next_ids.tolist()):
-            if token != BOUNDARY:
-                outputs[row].append(token)
-        if ended.all():
-            break
-        if ended.any():
-            keep = (~ended).nonzero(as_tuple=True)[0]
-            active, next_ids = active[keep], next_ids[keep]
-            state = model.reorder_state(state, keep)
-        logits, state = model.step(next_ids, state)
-    return outputs
+    """n items as lists of token ids (the prefix included, boundary excluded); each 1 to max_len tokens."""
+    constraint = length_constraint(model.vocab_size, max_len, prefix, min_len=1)
+    return [g.ids for g in decode(model, n, constraint, options, generator, details=False)]

@@ -5,10 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..limits import allocation_budget
 from .base import LanguageModel
 from .bigram import Bigram, BigramConfig
+from .mix import Mix, MixConfig
 from .mlp import MLP, MLPConfig
 from .ngram import NGram, NGramConfig
+from .rnn import GRU, LSTM, RNN, GRUConfig, LSTMConfig, RNNConfig
+from .transformer import Transformer, TransformerConfig
+from .wavenet import WaveNet, WaveNetConfig
 
 
 @dataclass(frozen=True)
@@ -17,10 +22,20 @@ class ModelSpec:
     model_class: type[LanguageModel]
     summary: str
     train_defaults: dict[str, Any] = field(default_factory=dict)  # recommended training settings for this model
+    made_by: str = ""  # set for models that `makemore train` cannot make: the command that does
 
+
+# The neural ladder's recommended training: at most 10 minutes (the quality targets' budget on a 2-core CPU; the
+# learning-rate schedule follows the clock), or max_steps where a faster machine gets there first; the weights kept
+# are the best by val, and training stops after `patience` evaluations without improvement.
+TEN_MINUTES: dict[str, Any] = {"time_budget": 600.0, "eval_every": 500, "patience": 10}
 
 MODELS: dict[str, ModelSpec] = {
-    "ngram": ModelSpec(NGramConfig, NGram, "count n-gram table, add-k smoothing; fitted in closed form"),
+    "ngram": ModelSpec(
+        NGramConfig,
+        NGram,
+        "count n-gram, interpolated modified Kneser-Ney (order and discounts chosen on val) or add-k; closed form",
+    ),
     "bigram": ModelSpec(
         BigramConfig,
         Bigram,
@@ -31,11 +46,56 @@ MODELS: dict[str, ModelSpec] = {
         MLPConfig,
         MLP,
         "Bengio et al. 2003: embeddings of the last k chars -> tanh MLP",
-        {"lr": 3e-3, "max_steps": 20000, "batch_size": 64, "weight_decay": 0.1},
+        # patience: small datasets (the built-in first-names) stop early once val stops improving
+        {"lr": 3e-3, "max_steps": 20000, "batch_size": 64, "weight_decay": 0.1, "patience": 6},
+    ),
+    "wavenet": ModelSpec(
+        WaveNetConfig,
+        WaveNet,
+        "van den Oord et al. 2016 / lecture 5: causal dilated pair fusion, BatchNorm, tanh",
+        {**TEN_MINUTES, "lr": 3e-3, "max_steps": 30000, "batch_size": 32, "weight_decay": 0.1},
+    ),
+    "rnn": ModelSpec(
+        RNNConfig,
+        RNN,
+        "Elman 1990 recurrent net (fused nn.RNN), learned initial state, optional identity init",
+        {**TEN_MINUTES, "lr": 2e-3, "max_steps": 40000, "batch_size": 64, "weight_decay": 0.01},
+    ),
+    "gru": ModelSpec(
+        GRUConfig,
+        GRU,
+        "Cho et al. 2014 gated recurrent unit (fused nn.GRU), stacked, dropout",
+        {**TEN_MINUTES, "lr": 3e-3, "max_steps": 20000, "batch_size": 64, "weight_decay": 0.01},
+    ),
+    "lstm": ModelSpec(
+        LSTMConfig,
+        LSTM,
+        "Hochreiter & Schmidhuber 1997 LSTM (fused nn.LSTM), stacked, dropout",
+        {**TEN_MINUTES, "lr": 3e-3, "max_steps": 20000, "batch_size": 64, "weight_decay": 0.01},
+    ),
+    "transformer": ModelSpec(
+        TransformerConfig,
+        Transformer,
+        "GPT-style decoder: pre-LN, causal self-attention (SDPA), learned positions, KV-cache decoding",
+        # batch_size counts packed rows of ~2 names each (TrainConfig.pack)
+        {**TEN_MINUTES, "lr": 2e-3, "max_steps": 15000, "batch_size": 32, "weight_decay": 0.1, "warmup_steps": 200},
+    ),
+    "mix": ModelSpec(
+        MixConfig,
+        Mix,
+        "Jelinek & Mercer 1980: interpolation of trained runs, weights fitted on val by EM (makemore mix)",
+        made_by="makemore mix RUN [RUN...] --out RUN_MIX",
     ),
 }
 DEFAULT_MODEL = "mlp"
 
 
-def build_model(name: str, config: Any, vocab_size: int) -> LanguageModel:
-    return MODELS[name].model_class(config, vocab_size)
+def build_model(name: str, config: Any, vocab_size: int, run_dir: Any = None) -> LanguageModel:
+    """Build a model. An absurd size (from a flag or a downloaded run.json) raises ValueError before the memory is
+    allocated: the build runs under an allocation budget (see limits.py). With `run_dir` (loading a run), the
+    model class may read more of its structure there (LanguageModel.from_run_dir)."""
+    model_class = MODELS[name].model_class
+    with allocation_budget():
+        if run_dir is not None:
+            return model_class.from_run_dir(config, vocab_size, run_dir)
+        return model_class(config, vocab_size)

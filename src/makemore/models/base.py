@@ -5,7 +5,10 @@
     init_state(batch_size)    -> empty decoding state
     step(idx (B,), state)     -> next-token logits (B, V), new state
     reorder_state(state, rows)-> state of the kept/reordered rows (finished samples leave, beams re-rank)
-    fit(split)                -> closed-form fitting for count models (`trainable = False`)
+    fit(train, val=None)      -> closed-form fitting for count models (`trainable = False`); val for held-out choices
+    attention_maps(idx)       -> per-layer (B, n_head, T, T) attention weights, for plots (attention models only)
+    forward_with_state(idx, targets, state) -> logits, loss, state after idx: continue from the previous window
+                                 (stream mode: truncated BPTT, stateful evaluation); default ignores the state
 
 The default decoding state is a context buffer of the last `context_size` tokens and `step` recomputes `forward`
 on it. Models with a cheaper incremental form (KV cache, recurrent state) override the three state methods.
@@ -19,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import IGNORE
+from ..data import BOUNDARY, IGNORE
 
 
 def sequence_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -42,8 +45,47 @@ def masked_batch_norm(norm: nn.BatchNorm1d, h: torch.Tensor, targets: torch.Tens
     return out.view(B, T, C)
 
 
+class Dropout(nn.Module):
+    """nn.Dropout (Srivastava et al. 2014) with cheaper random numbers on CPU.
+
+    PyTorch's CPU dropout draws one random float per element, which made dropout a fifth of a small Transformer's
+    training step. Here the keep/drop decision is one random byte per element, drawn 8 bytes per generator call:
+    p is rounded to a multiple of 1/256 (0.2 -> 0.1992), and forward + backward cost about half. Other devices
+    use F.dropout. Seeded by torch's global generator like nn.Dropout.
+    """
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        self.p = p
+        self.threshold = round(p * 256)  # drop when the byte is below it
+        self.scale = 256 / (256 - self.threshold) if self.threshold < 256 else 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.threshold == 0:
+            return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, training=True)
+        n = x.numel()
+        words = torch.empty((n + 7) // 8, dtype=torch.int64).random_(-(2**63), 2**63 - 1)  # all 64 bits random
+        keep = words.view(torch.uint8)[:n].view(x.shape) >= self.threshold
+        return x * keep.to(x.dtype).mul_(self.scale)
+
+    def extra_repr(self) -> str:
+        return f"p={self.threshold / 256:.4f}"
+
+
+def segment_starts(idx: torch.Tensor) -> torch.Tensor:
+    """(B, T) -> (B, T): index of the latest BOUNDARY token at or before each position (0 if none), i.e. where
+    the item a position belongs to starts, for models that read packed rows (`packable`)."""
+    t = torch.arange(idx.size(1), device=idx.device)
+    return torch.where(idx == BOUNDARY, t, 0).cummax(dim=1).values
+
+
 class LanguageModel(nn.Module):
     trainable: bool = True
+    # True when forward treats every BOUNDARY input token as the start of an independent item (nothing before it
+    # is seen, positions restart): then several items may share one row (`TrainConfig.pack`), with the same loss.
+    packable: bool = False
 
     def __init__(self, config: Any, vocab_size: int):
         super().__init__()
@@ -61,8 +103,14 @@ class LanguageModel(nn.Module):
     def penalty(self) -> torch.Tensor | float:
         return 0.0
 
-    def fit(self, split: Any) -> None:
+    def fit(self, split: Any, val: Any = None) -> None:
         raise NotImplementedError(f"{type(self).__name__} is trained by gradient descent")
+
+    @classmethod
+    def from_run_dir(cls, config: Any, vocab_size: int, run_dir: Any) -> LanguageModel:
+        """The model of a run directory, before its weights are loaded. Most models need only their config; a model
+        whose structure lives in files of its run (a mix reads its members' run.json) overrides this."""
+        return cls(config, vocab_size)
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -81,8 +129,44 @@ class LanguageModel(nn.Module):
     def reorder_state(self, state: Any, rows: torch.Tensor) -> Any:
         return state.index_select(0, rows)
 
+    # ----- carried state across consecutive windows of a stream (truncated BPTT, stateful evaluation)
+    def forward_with_state(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, state: Any = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, Any]:
+        """forward(idx, targets), continuing from `state` (the state after the previous window; None: fresh), and
+        the state after idx's last position. Models whose context is their window ignore it and return None;
+        recurrent models override it (then `carries_state` is True)."""
+        logits, loss = self(idx, targets)
+        return logits, loss, None
+
+    @property
+    def carries_state(self) -> bool:
+        return type(self).forward_with_state is not LanguageModel.forward_with_state
+
+    # ----- introspection for plots (makemore plot attention)
+    def attention_maps(self, idx: torch.Tensor) -> list[torch.Tensor]:
+        """Attention weights of each layer for idx (B, T): a list of (B, n_head, T, T) tensors, row = query position.
+        Only attention models implement it."""
+        raise NotImplementedError(f"{type(self).__name__} has no attention")
+
     @property
     def device(self) -> torch.device:
         for tensor in list(self.parameters()) + list(self.buffers()):
             return tensor.device
         return torch.device("cpu")
+
+
+def map_state(fn: Any, state: Any) -> Any:
+    """Apply fn to every tensor of a state (a tensor, or tuples/lists/dicts of them), keeping the structure."""
+    if isinstance(state, torch.Tensor):
+        return fn(state)
+    if isinstance(state, (tuple, list)):
+        return type(state)(map_state(fn, part) for part in state)
+    if isinstance(state, dict):
+        return {key: map_state(fn, part) for key, part in state.items()}
+    return state
+
+
+def detach_state(state: Any) -> Any:
+    """Cut the graph behind a carried state: gradients flow through one window only (truncated BPTT)."""
+    return map_state(lambda t: t.detach(), state)

@@ -29,6 +29,10 @@ class MLPConfig:
         check(self.block_size >= 1, f"block_size must be >= 1, got {self.block_size}")
         check(min(self.n_embd, self.n_hidden, self.n_layer) >= 1, "n_embd, n_hidden and n_layer must be >= 1")
         check(0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")
+        # upper limits, so a typo or a crafted run.json fails here instead of exhausting memory
+        check(self.block_size <= 4096, f"block_size must be <= 4096, got {self.block_size}")
+        check(max(self.n_embd, self.n_hidden) <= 65536, "n_embd and n_hidden must be <= 65536")
+        check(self.n_layer <= 256, f"n_layer must be <= 256, got {self.n_layer}")
 
 
 class MLP(LanguageModel):

@@ -1,0 +1,187 @@
+"""A mixture of trained runs: p(w | h) = sum_i lambda_i p_i(w | h), the weights fitted on held-out data by EM.
+
+Linear interpolation of language models (Jelinek & Mercer 1980, "Interpolated estimation of Markov source
+parameters from sparse data"), with the weights estimated by expectation-maximisation (Dempster, Laird & Rubin
+1977) on val, which the members never trained on. Count models and neural models make different mistakes, so their
+mixture beats each of them.
+
+A mix is a model like any other: forward returns log p as logits, and its incremental state is the list of its
+members' states (each member steps, then the distributions are combined). Its run directory holds each member's
+run.json under members/<i>/ (the members' structure) and one model.safetensors with the weights of every member and
+the mixture weights: it loads without the members' original runs and without executing code.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import check, field
+from ..data import IGNORE
+from ..errors import MakemoreError
+from .base import LanguageModel, sequence_nll
+from .ngram import one_thread
+
+MEMBERS_DIR = "members"  # RUN_MIX/members/<i>/run.json
+
+
+@dataclass
+class MixConfig:
+    n_members: int = field(0, "how many runs are mixed (set by `makemore mix`)")
+    em_steps: int = field(1000, "at most this many EM iterations when fitting the weights on val")
+
+    def __post_init__(self):
+        check(self.n_members >= 0, f"n_members must be >= 0, got {self.n_members}")
+        check(self.em_steps >= 1, f"em_steps must be >= 1, got {self.em_steps}")
+
+
+def member_dir(run_dir: str | Path, index: int) -> Path:
+    return Path(run_dir) / MEMBERS_DIR / str(index)
+
+
+class Mix(LanguageModel):
+    """Linear interpolation of the next-symbol distributions of `members` (see the module docstring).
+
+    Without members (what the registry builds from a config alone) it predicts the uniform distribution: members
+    come from trained runs, through `makemore mix` or `Mix.from_run_dir`.
+    """
+
+    trainable = False
+
+    def __init__(self, config: MixConfig, vocab_size: int, members: list[LanguageModel] | None = None):
+        super().__init__(config, vocab_size)
+        members = list(members or [])
+        if config.n_members and not members:
+            raise ValueError(f"a mix of {config.n_members} runs is built from its run directory")
+        if members and len(members) != config.n_members:
+            raise ValueError(f"n_members is {config.n_members} but {len(members)} members were given")
+        for member in members:
+            if member.vocab_size != vocab_size:
+                raise ValueError(f"a member has {member.vocab_size} symbols, the mix {vocab_size}")
+        self.members = nn.ModuleList(members)
+        k = max(len(members), 1)
+        self.register_buffer("weights", torch.full((len(members),), 1.0 / k, dtype=torch.float64))
+
+    @classmethod
+    def from_run_dir(cls, config: MixConfig, vocab_size: int, run_dir: Any) -> Mix:
+        from .. import checkpoint as ckpt  # checkpoint imports the registry, which imports this module
+
+        members = []
+        for i in range(config.n_members):
+            spec = ckpt.read_run_spec(member_dir(run_dir, i))
+            if spec.vocab.size != vocab_size:
+                raise ValueError(f"member {i} has {spec.vocab.size} symbols, the mix {vocab_size}")
+            members.append(ckpt.build_from_spec(spec, str(member_dir(run_dir, i)), member_dir(run_dir, i)))
+        return cls(config, vocab_size, members)
+
+    @property
+    def context_size(self) -> int | None:
+        sizes = [member.context_size for member in self.members]
+        return None if None in sizes else max(sizes, default=0)
+
+    @property
+    def carries_state(self) -> bool:
+        return any(member.carries_state for member in self.members)
+
+    def parameter_count(self) -> int:
+        return sum(member.parameter_count() for member in self.members)
+
+    # ------------------------------------------------------------------------------------------------ fitting
+    def fit(self, split: Any, val: Any = None) -> None:
+        """Fit the mixture weights on `val` by EM; the members stay as trained (`split` is not used)."""
+        if not len(self.members):
+            return
+        if val is None or len(val) == 0:
+            raise MakemoreError("a mix fits its weights on val, and there is no val split")
+        log_probs = member_log_probs(self.members, val.eval_batches(1024))
+        self.weights = fit_weights(log_probs, self.config.em_steps).to(self.weights.device)
+
+    # ------------------------------------------------------------------------------------------------ scoring
+    def _combine(self, member_logits: list[torch.Tensor]) -> torch.Tensor:
+        """log sum_i lambda_i p_i from each member's logits (..., V), skipping members with zero weight."""
+        terms = [
+            F.log_softmax(logits.float(), dim=-1) + math.log(weight)
+            for logits, weight in zip(member_logits, self.weights.tolist())
+            if weight > 0
+        ]
+        return torch.logsumexp(torch.stack(terms), dim=0)  # (..., V)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        if not len(self.members):
+            logits = torch.zeros(*idx.shape, self.vocab_size, device=idx.device)
+        else:
+            logits = self._combine([member(idx)[0] for member in self.members])  # (B, T, V)
+        loss = sequence_nll(logits, targets) if targets is not None else None
+        return logits, loss
+
+    def forward_with_state(self, idx: torch.Tensor, targets: torch.Tensor | None = None, state: Any = None):
+        states = state if state is not None else [None] * len(self.members)
+        outputs = [member.forward_with_state(idx, None, s) for member, s in zip(self.members, states)]
+        if not outputs:
+            return *self.forward(idx, targets), None
+        logits = self._combine([logits for logits, _, _ in outputs])
+        loss = sequence_nll(logits, targets) if targets is not None else None
+        return logits, loss, [s for _, _, s in outputs]
+
+    # ------------------------------------------------- incremental decoding: every member steps, then combine
+    def init_state(self, batch_size: int) -> list[Any]:
+        return [member.init_state(batch_size) for member in self.members]
+
+    def step(self, idx: torch.Tensor, state: list[Any]) -> tuple[torch.Tensor, list[Any]]:
+        if not len(self.members):
+            return torch.zeros(idx.size(0), self.vocab_size, device=idx.device), state
+        outputs = [member.step(idx, s) for member, s in zip(self.members, state)]
+        return self._combine([logits for logits, _ in outputs]), [s for _, s in outputs]
+
+    def reorder_state(self, state: list[Any], rows: torch.Tensor) -> list[Any]:
+        return [member.reorder_state(s, rows) for member, s in zip(self.members, state)]
+
+
+@torch.no_grad()
+def member_log_probs(members: list[LanguageModel] | nn.ModuleList, batches: Any) -> torch.Tensor:
+    """(members, tokens) log-probability each member gives each real target token of `batches`."""
+    for member in members:
+        member.eval()
+    columns = []
+    for x, y in batches:
+        x, y = x.to(members[0].device), y.to(members[0].device)
+        real = y != IGNORE
+        rows = []
+        for member in members:
+            logp = F.log_softmax(member(x)[0].double(), dim=-1)  # (B, T, V)
+            rows.append(logp.gather(-1, y.clamp(min=0)[..., None]).squeeze(-1)[real])  # (tokens,)
+        columns.append(torch.stack(rows).cpu())
+    return torch.cat(columns, dim=1)
+
+
+def mixture_nll(log_probs: torch.Tensor, weights: torch.Tensor) -> float:
+    """Mean NLL of the mixture with `weights` (K,), given member log-probs (K, tokens)."""
+    return -torch.logsumexp(log_probs + weights.log()[:, None], dim=0).mean().item()
+
+
+def fit_weights(log_probs: torch.Tensor, steps: int = 1000, tolerance: float = 1e-10) -> torch.Tensor:
+    """Mixture weights (K,) that maximise the likelihood of held-out tokens, by EM from uniform weights.
+
+    E step: each member's posterior share of each token; M step: the new weight of a member is its mean share.
+    Each step raises the likelihood, which is concave in the weights, so EM heads for the global optimum; but when
+    that optimum is a single member, EM only approaches it slowly (1/t). Picking the best of the EM result and the
+    K single members makes the mixture never worse on the fitting data than its best member.
+    """
+    K = log_probs.size(0)
+    weights = torch.full((K,), 1.0 / K, dtype=torch.float64)
+    with one_thread():  # many small steps: see ngram.one_thread
+        for _ in range(steps):
+            shares = torch.softmax(log_probs + weights.log()[:, None], dim=0)  # (K, tokens)
+            updated = shares.mean(dim=1)
+            done = (updated - weights).abs().max().item() < tolerance
+            weights = updated
+            if done:
+                break
+    candidates = [weights] + [F.one_hot(torch.tensor(k), K).double() for k in range(K)]
+    return min(candidates, key=lambda w: mixture_nll(log_probs, w))

@@ -1,0 +1,138 @@
+"""Recurrent language models on PyTorch's fused recurrent layers (one C++/cuDNN call per sequence, no Python loop):
+
+- rnn:  Elman (1990), "Finding Structure in Time"; optionally with the identity-initialised hidden-to-hidden
+        matrix of Le, Jaitly & Hinton (2015), "A Simple Way to Initialize Recurrent Networks of Rectified Linear Units"
+- gru:  Cho et al. (2014), "Learning Phrase Representations using RNN Encoder-Decoder ..."
+- lstm: Hochreiter & Schmidhuber (1997), "Long Short-Term Memory"
+
+Stacked layers with dropout between them (Zaremba, Sutskever & Vinyals 2014), a learned initial state, and a
+linear read-out at every position. Right padding needs no packing: the recurrence is causal, so padding after an
+item's end never reaches its real positions. Decoding carries the hidden state, one token per step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..config import check, field
+from .base import Dropout, LanguageModel, sequence_nll
+
+State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # h (n_layer, B, H); the LSTM also carries its cell c
+
+
+@dataclass
+class RecurrentConfig:
+    n_embd: int = field(64, "embedding size of a character")
+    n_hidden: int = field(256, "hidden state size of each layer")
+    n_layer: int = field(2, "number of stacked recurrent layers")
+    dropout: float = field(0.25, "dropout on the embeddings, between layers and before the output layer")
+
+    def __post_init__(self):
+        check(min(self.n_embd, self.n_hidden, self.n_layer) >= 1, "n_embd, n_hidden and n_layer must be >= 1")
+        check(0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")
+        # upper limits, so a typo or a crafted run.json fails here instead of exhausting memory
+        check(max(self.n_embd, self.n_hidden) <= 65536, "n_embd and n_hidden must be <= 65536")
+        check(self.n_layer <= 256, f"n_layer must be <= 256, got {self.n_layer}")
+
+
+@dataclass
+class RNNConfig(RecurrentConfig):
+    dropout: float = field(0.1, "dropout on the embeddings, between layers and before the output layer")
+    nonlinearity: str = field("tanh", "activation of the Elman RNN", choices=("tanh", "relu"))
+    identity_init: bool = field(False, "hidden-to-hidden matrix starts as the identity (Le et al. 2015, 'IRNN')")
+
+
+@dataclass
+class GRUConfig(RecurrentConfig):
+    pass
+
+
+@dataclass
+class LSTMConfig(RecurrentConfig):
+    pass
+
+
+class Recurrent(LanguageModel):
+    """Embedding -> stacked fused recurrent layers -> linear read-out. Subclasses pick the cell."""
+
+    cell: type[nn.RNNBase]
+
+    def __init__(self, config: RecurrentConfig, vocab_size: int):
+        super().__init__(config, vocab_size)
+        c = config
+        self.wte = nn.Embedding(vocab_size, c.n_embd)
+        self.drop = Dropout(c.dropout)
+        self.rnn = self.make_rnn(c)
+        # The learned initial state: what the model "knows" before the first character (zeros at the start).
+        self.h0 = nn.Parameter(torch.zeros(c.n_layer, 1, c.n_hidden))
+        self.c0 = nn.Parameter(torch.zeros(c.n_layer, 1, c.n_hidden)) if self.cell is nn.LSTM else None
+        self.lm_head = nn.Linear(c.n_hidden, vocab_size)
+        with torch.no_grad():  # small output layer: the initial loss is close to ln V
+            self.lm_head.weight.mul_(0.1)
+            self.lm_head.bias.zero_()
+
+    def make_rnn(self, c: RecurrentConfig) -> nn.RNNBase:
+        dropout = c.dropout if c.n_layer > 1 else 0.0  # nn.RNN applies it between layers only
+        return self.cell(c.n_embd, c.n_hidden, num_layers=c.n_layer, dropout=dropout, batch_first=True)
+
+    @property
+    def context_size(self) -> None:
+        return None  # the state summarises the whole prefix
+
+    def init_state(self, batch_size: int) -> State:
+        h = self.h0.expand(-1, batch_size, -1).contiguous()  # (n_layer, B, H)
+        return h if self.c0 is None else (h, self.c0.expand(-1, batch_size, -1).contiguous())
+
+    def _run(self, idx: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        x = self.drop(self.wte(idx))  # (B, T, n_embd)
+        out, state = self.rnn(x, state)  # (B, T, H)
+        return self.lm_head(self.drop(out)), state  # (B, T, V)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        logits, _ = self._run(idx, self.init_state(idx.size(0)))
+        loss = sequence_nll(logits, targets) if targets is not None else None
+        return logits, loss
+
+    def forward_with_state(self, idx: torch.Tensor, targets: torch.Tensor | None = None, state: State | None = None):
+        """Stream mode: continue from the state after the previous window (None: the learned initial state)."""
+        logits, state = self._run(idx, self.init_state(idx.size(0)) if state is None else state)
+        loss = sequence_nll(logits, targets) if targets is not None else None
+        return logits, loss, state
+
+    def step(self, idx: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        logits, state = self._run(idx[:, None], state)
+        return logits[:, -1], state
+
+    def reorder_state(self, state: State, rows: torch.Tensor) -> State:
+        if isinstance(state, tuple):
+            return tuple(s.index_select(1, rows) for s in state)
+        return state.index_select(1, rows)
+
+
+class RNN(Recurrent):
+    cell = nn.RNN
+
+    def make_rnn(self, c: RNNConfig) -> nn.RNNBase:
+        dropout = c.dropout if c.n_layer > 1 else 0.0
+        rnn = nn.RNN(
+            c.n_embd, c.n_hidden, num_layers=c.n_layer, nonlinearity=c.nonlinearity, dropout=dropout, batch_first=True
+        )
+        if c.identity_init:  # IRNN: W_hh = I, b = 0; the state is copied forward until learning says otherwise
+            with torch.no_grad():
+                for name, p in rnn.named_parameters():
+                    if name.startswith("weight_hh"):
+                        p.copy_(torch.eye(c.n_hidden))
+                    elif name.startswith("bias"):
+                        p.zero_()
+        return rnn
+
+
+class GRU(Recurrent):
+    cell = nn.GRU
+
+
+class LSTM(Recurrent):
+    cell = nn.LSTM

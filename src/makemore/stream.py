@@ -1,0 +1,557 @@
+"""Continuous text ("stream mode"): one long character stream instead of a list of items.
+
+The corpus is encoded once into a compact integer array `ids` (uint8 while the vocabulary has at most 256 symbols,
+uint16 up to 65,536): ids[0] is BOUNDARY, the start of the text, and ids[1 + i] is character i. Target position p
+(1 <= p <= n) means "predict ids[p] from ids[:p]". A split is a range [begin, end) of target positions cut from the
+text in order, never shuffled: as in nanoGPT's Shakespeare setup the last 10% is val, and an optional test slice sits
+just before it. Windows may read context from before a split's start (the text that really precedes it) but score
+only targets inside it.
+
+Training batches follow Dive into Deep Learning (Zhang, Lipton, Li & Smola), sec. 9.3 "Language Models":
+- random sampling (default): B windows of window + 1 characters at uniformly random offsets;
+- sequential partitioning (`--stateful`): the split is cut into B parallel streams read window after window, so a
+  recurrent model carries its state from one batch to the next, detached every step: truncated backpropagation
+  through time (Williams & Peng 1990), fast.ai's "don't reset the hidden state every batch" (Howard & Ruder 2018).
+
+Evaluation predicts every held-out character exactly once, with as much context as the model allows: overlapping
+sliding windows whose overlap is not scored (windowed models), or parallel streams with carried state (recurrent
+models), each stream warmed up on the text before its first scored character.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import math
+import os
+import statistics
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data import BOUNDARY, IGNORE, Vocab
+from .errors import MakemoreError
+from .models import LanguageModel
+
+CHUNK_BYTES = 1 << 22  # read and encode 4 MiB at a time: temporaries stay small next to the corpus itself
+DETECT_BYTES = 1 << 20  # mode detection looks at the first 1 MiB
+DEFAULT_WINDOW = 128  # training window for models without a block_size
+LEAD_IN = 16  # context characters before a split that count models see when fitting on it (>= any n-gram order)
+MODES = ("auto", "line", "stream")
+
+
+# ------------------------------------------------------------------------------------------------- mode detection
+
+
+def detect_mode(path: str | Path, max_item_len: int = 256) -> tuple[str, str]:
+    """("line" | "stream", why) from the first MiB of a text file.
+
+    A list of items has short lines of one or two words and no blank lines; running text has paragraphs (blank
+    lines), long lines, or many words per line.
+    """
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(DETECT_BYTES)
+            truncated = bool(handle.read(1))
+    except OSError:
+        return "line", "the file cannot be read (line mode reports why)"
+    text = raw.decode("utf-8", errors="ignore").lstrip("\ufeff")
+    lines = text.splitlines()
+    if truncated and lines:
+        lines = lines[:-1]  # the last line of a cut sample is partial
+    items = [line.strip() for line in lines if line.strip()]
+    if not items:
+        return "line", "no text lines"
+    longest = max(len(item) for item in items)
+    blank = 1 - len(items) / len(lines)
+    words = statistics.fmean(len(item.split()) for item in items)
+    median = statistics.median(len(item) for item in items)
+    shape = f"{len(items)} lines, median {median:g} chars, {words:.1f} words per line, {blank:.0%} blank"
+    if longest > max_item_len:
+        return "stream", f"a line of {longest} chars, longer than any item (--max-item-len {max_item_len})"
+    if len(lines) >= 20 and blank >= 0.05:
+        return "stream", f"running text: paragraphs separated by blank lines ({shape})"
+    if words >= 3:
+        return "stream", f"running text: lines of several words ({shape})"
+    return "line", f"a list of items ({shape})"
+
+
+# ---------------------------------------------------------------------------------------------------------- corpus
+
+
+@dataclass
+class Corpus:
+    """A text file as ids (n + 1,): ids[0] = BOUNDARY, then one id per character; plus its provenance."""
+
+    ids: np.ndarray
+    vocab: Vocab
+    path: str
+    sha256: str  # of the file's bytes
+
+    @property
+    def n_chars(self) -> int:
+        return len(self.ids) - 1
+
+
+def _decoded_chunks(path: Path) -> Iterator[tuple[bytes, str]]:
+    """(raw bytes, decoded text) chunk by chunk; a BOM is dropped; binary and invalid UTF-8 fail clearly."""
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    offset = 0
+    try:
+        handle = open(path, "rb")
+    except FileNotFoundError:
+        raise MakemoreError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise MakemoreError(f"{path}: is a directory, expected a text file") from None
+    except OSError as error:
+        raise MakemoreError(f"{path}: cannot read ({error.strerror})") from None
+    with handle:
+        while True:
+            raw = handle.read(CHUNK_BYTES)
+            if b"\x00" in raw:
+                raise MakemoreError(f"{path}: looks binary (contains NUL bytes), expected UTF-8 text")
+            try:
+                text = decoder.decode(raw, final=not raw)
+            except UnicodeDecodeError as error:
+                raise MakemoreError(f"{path}: not valid UTF-8 (near byte offset {offset + error.start})") from None
+            yield raw, text
+            offset += len(raw)
+            if not raw:
+                return
+
+
+def _available_memory() -> int:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 30
+
+
+def _allocate(n: int, dtype: np.dtype, memmap_above: int | None, cache_dir: str | Path | None) -> np.ndarray:
+    """An array in RAM, or memory-mapped on an unlinked temporary file when it would take over `memmap_above` bytes
+    (default: half the free memory), so the OS pages it in and out instead of the process holding it."""
+    nbytes = n * np.dtype(dtype).itemsize
+    limit = _available_memory() // 2 if memmap_above is None else memmap_above
+    if nbytes <= limit:
+        return np.empty(n, dtype=dtype)
+    with tempfile.TemporaryFile(dir=cache_dir, prefix=".makemore-stream-") as handle:
+        handle.truncate(max(nbytes, 1))
+        return np.memmap(handle, dtype=dtype, mode="r+", shape=(n,))  # the mapping outlives the closed handle
+
+
+def _encode_chunk(text: str, codepoints: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Characters -> ids 1..V-1 (the vocabulary is sorted by code point, so an id is 1 + rank of the code point)."""
+    if codepoints[-1] < 256:  # one byte per character: a 256-entry lookup table
+        table = np.zeros(256, dtype=dtype)
+        table[codepoints] = np.arange(1, len(codepoints) + 1, dtype=dtype)
+        return table[np.frombuffer(text.encode("latin-1"), dtype=np.uint8)]
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    return (np.searchsorted(codepoints, codes) + 1).astype(dtype)
+
+
+def read_corpus(
+    path: str | Path,
+    vocab: Vocab | None = None,
+    sha256: str | None = None,
+    memmap_above: int | None = None,
+    cache_dir: str | Path | None = None,
+) -> Corpus:
+    """Encode a UTF-8 text file in two streaming passes (count and collect characters; encode into a preallocated
+    array), so the peak memory is the id array plus a few MiB, whatever the file size.
+
+    vocab: encode with this vocabulary (unknown characters are an error) instead of the file's own.
+    sha256: the file must still have these bytes (a stream run re-reads its corpus instead of copying it).
+    """
+    path = Path(path)
+    digest, n_chars, seen = hashlib.sha256(), 0, set()
+    for raw, text in _decoded_chunks(path):
+        digest.update(raw)
+        n_chars += len(text)
+        seen.update(text)
+    if sha256 is not None and digest.hexdigest() != sha256:
+        raise MakemoreError(
+            f"{path}: the file changed since the run was made (sha256 {digest.hexdigest()[:12]}..., the run "
+            f"recorded {sha256[:12]}...); a stream-mode run re-reads its text file: restore it or train a new run"
+        )
+    if n_chars == 0:
+        raise MakemoreError(f"{path}: empty, no text to train or evaluate on")
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in seen):
+        raise MakemoreError(f"{path}: contains a lone surrogate")
+    if vocab is None:
+        vocab = Vocab(sorted(seen))
+    else:
+        unknown = sorted(seen - set(vocab.chars))
+        if unknown:
+            shown = " ".join(repr(c) for c in unknown[:10])
+            raise MakemoreError(f"{path}: has characters not in the model's vocabulary: {shown}")
+    dtype = np.dtype(np.uint8 if vocab.size <= 256 else np.uint16 if vocab.size <= 1 << 16 else np.uint32)
+    codepoints = np.array(sorted(ord(c) for c in vocab.chars), dtype=np.uint32)
+    if [chr(c) for c in codepoints] != vocab.chars:
+        raise MakemoreError("the vocabulary is not sorted by code point; cannot encode a stream with it")
+    ids = _allocate(n_chars + 1, dtype, memmap_above, cache_dir)
+    ids[0] = BOUNDARY
+    position, second = 1, hashlib.sha256()
+    for raw, text in _decoded_chunks(path):
+        second.update(raw)
+        if position + len(text) > len(ids):
+            break
+        ids[position : position + len(text)] = _encode_chunk(text, codepoints, dtype)
+        position += len(text)
+    if position != len(ids) or second.hexdigest() != digest.hexdigest():
+        raise MakemoreError(f"{path}: the file changed while it was being read")
+    return Corpus(ids, vocab, str(path.resolve()), digest.hexdigest())
+
+
+def split_offsets(n_chars: int, fractions: tuple[float, float, float], dev: float = 0.0) -> dict[str, list[int]]:
+    """Contiguous target ranges [begin, end): train, then test, then val at the end (nanoGPT: val = the last 10%).
+
+    dev > 0 carves that fraction of the text off the *start* of train, for held-out choices made while fitting (e.g.
+    an n-gram's discounts), so that val stays untouched until evaluation. The start, because the text just before
+    val is the most like it (on Tiny Shakespeare: the same play, the same speakers), so taking that away from the
+    counts would cost the most.
+    """
+    train_f, _, test_f = fractions
+    n_train, n_test = int(n_chars * train_f), int(n_chars * test_f)
+    n_dev = int(n_chars * dev)
+    cuts = {"dev": (1, 1 + n_dev)} if n_dev else {}
+    cuts["train"] = (1 + n_dev, 1 + n_train)
+    cuts["test"] = (1 + n_train, 1 + n_train + n_test)
+    cuts["val"] = (1 + n_train + n_test, 1 + n_chars)
+    return {name: [begin, end] for name, (begin, end) in cuts.items()}
+
+
+# ------------------------------------------------------------------------------------------------------- the splits
+
+
+@dataclass
+class EvalPlan:
+    """How a stream is evaluated: sliding windows (stride < window: overlaps not scored) or carried state."""
+
+    window: int
+    stride: int
+    carry_state: bool
+    context: int | None  # how many past tokens the model reads (None: unbounded)
+
+    def describe(self) -> str:
+        if self.carry_state:
+            return (
+                f"carried state: parallel streams read in consecutive windows of {self.window} chars, each warmed "
+                f"up on the {self.window} chars before its first scored char"
+            )
+        least = self.window - self.stride + 1  # tokens of context (including the current one) of the worst char
+        what = f"sliding window of {self.window} chars, stride {self.stride}"
+        if self.context is not None and least >= self.context:
+            return f"{what}: every char sees the model's full context of {self.context} chars"
+        return f"{what}: every char sees at least {least} chars of context (the model reads up to {self.window})"
+
+
+def plan_eval(model: LanguageModel, window: int, stride: int | None = None) -> EvalPlan:
+    """Carried state for models that carry it; otherwise sliding windows of the training window. The default stride
+    gives every character the model's full context when that costs at most 2x the windows of stride = window / 2."""
+    if model.carries_state:
+        return EvalPlan(window, window, True, None)
+    context = model.context_size
+    need = window if context is None else min(max(context, 1), window)
+    if stride is None:
+        full = window - need + 1  # the largest stride at which every scored char still has `need` chars of context
+        stride = full if full >= window // 2 else max(1, window // 2)
+    if not 1 <= stride <= window:
+        raise MakemoreError(f"--stride must be in 1..{window} (the window), got {stride}")
+    return EvalPlan(window, stride, False, context)
+
+
+class EvalBatches:
+    """An iterable of (x, y) batches that tells the evaluator whether to carry state from batch to batch."""
+
+    def __init__(self, make: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]], carry_state: bool):
+        self.make = make
+        self.carry_state = carry_state
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.make()
+
+
+class StreamSplit:
+    """Target positions [begin, end) of a corpus; batches are windows of `window` inputs and their next chars."""
+
+    def __init__(
+        self,
+        ids: np.ndarray,
+        begin: int,
+        end: int,
+        window: int,
+        stateful: bool = False,
+        plan: EvalPlan | None = None,
+    ):
+        if not 1 <= begin <= end <= len(ids):
+            raise MakemoreError(f"stream split [{begin}, {end}) is outside the text (1..{len(ids)})")
+        if window < 1:
+            raise MakemoreError(f"the window must be >= 1 character, got {window}")
+        self.ids, self.begin, self.end, self.window, self.stateful = ids, begin, end, window, stateful
+        self.plan = plan
+
+    def __len__(self) -> int:
+        return self.end - self.begin
+
+    @property
+    def tokens(self) -> int:
+        return len(self)
+
+    def windows(self, starts: np.ndarray, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs ids[s : s + length] and targets ids[s + 1 : s + length + 1] for each start s: (B, length) each.
+
+        Positions past the end of the text repeat its last character (callers mask those targets)."""
+        index = np.asarray(starts, dtype=np.int64)[:, None] + np.arange(length + 1)  # (B, length + 1)
+        chunk = torch.from_numpy(self.ids[np.minimum(index, len(self.ids) - 1)].astype(np.int64))
+        return chunk[:, :-1], chunk[:, 1:]
+
+    # ----- the whole split as one row, for count models fitted in closed form (same layout as LineSplit)
+    def _row(self) -> tuple[torch.Tensor, torch.Tensor]:
+        # a lead-in of the text before `begin`, not scored, gives the first targets their real n-gram context
+        start = max(self.begin - 1 - LEAD_IN, 0)
+        x, y = self.windows(np.array([start]), self.end - 1 - start)
+        y[:, : self.begin - 1 - start] = IGNORE
+        return x, y
+
+    @property
+    def inputs(self) -> torch.Tensor:
+        return self._row()[0]
+
+    @property
+    def targets(self) -> torch.Tensor:
+        return self._row()[1]
+
+    # ----- training and evaluation batches
+    def make_sampler(self, batch_size: int, seed: int) -> WindowSampler | SequentialSampler:
+        kind = SequentialSampler if self.stateful else WindowSampler
+        return kind(self, batch_size, self.window, seed)
+
+    def eval_batches(self, batch_size: int) -> EvalBatches:
+        plan = self.plan or EvalPlan(self.window, max(1, self.window // 2), False, None)
+        if plan.carry_state:
+            return EvalBatches(lambda: self._carried(plan, batch_size), True)
+        return EvalBatches(lambda: self._sliding(plan, batch_size), False)
+
+    def _sliding(self, plan: EvalPlan, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Window k scores targets [begin + k S, begin + (k + 1) S) and reads the W - S chars before them too."""
+        last = len(self.ids) - 1  # the last target position of the text
+        W = min(plan.window, last)
+        S = min(plan.stride, W)
+        lows = np.arange(self.begin, self.end, S)
+        highs = np.minimum(lows + S, self.end)
+        starts = np.clip(lows - 1 - (W - S), 0, last - W)  # near the text's ends the window shifts inward
+        for i in range(0, len(lows), batch_size):
+            part = slice(i, i + batch_size)
+            x, y = self.windows(starts[part], W)
+            positions = torch.from_numpy(starts[part])[:, None] + 1 + torch.arange(W)  # (B, W) target positions
+            low, high = torch.from_numpy(lows[part])[:, None], torch.from_numpy(highs[part])[:, None]
+            yield x, y.masked_fill(~((positions >= low) & (positions < high)), IGNORE)
+
+    def _carried(self, plan: EvalPlan, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """B parallel streams; stream b scores its own stretch and starts reading W chars before it (warm-up)."""
+        W, n = plan.window, len(self)
+        if n == 0:
+            return
+        # enough streams to batch, each long enough (>= 16 windows) that its warm-up costs little
+        streams = max(1, min(batch_size, n // (16 * W)))
+        bounds = self.begin + (np.arange(streams + 1) * n) // streams  # stream b scores [bounds[b], bounds[b + 1])
+        reads = np.maximum(bounds[:-1] - 1 - W, 0)  # first input position of each stream
+        longest = int((bounds[1:] - 1 - reads).max())  # targets from reads + 1 to bounds[b + 1] - 1
+        lows, highs = torch.from_numpy(bounds[:-1])[:, None], torch.from_numpy(bounds[1:])[:, None]
+        for k in range(math.ceil(longest / W)):
+            starts = reads + k * W
+            x, y = self.windows(starts, W)
+            positions = torch.from_numpy(starts)[:, None] + 1 + torch.arange(W)  # (B, W)
+            yield x, y.masked_fill(~((positions >= lows) & (positions < highs)), IGNORE)
+
+
+# ------------------------------------------------------------------------------------------------------- samplers
+
+
+class WindowSampler:
+    """Random sampling: each batch is B windows at uniformly random offsets whose targets all lie in the split.
+
+    Its state is the generator's, so resuming from a checkpoint draws exactly the batches a run without a break
+    would have drawn."""
+
+    carries_state = False
+
+    def __init__(self, split: StreamSplit, batch_size: int, window: int, seed: int):
+        if len(split) < window:
+            raise MakemoreError(
+                f"the training text has {len(split)} chars, fewer than one window of {window}: "
+                "use a smaller --seq-len / --block-size or more text"
+            )
+        self.split, self.batch_size, self.window = split, batch_size, window
+        self.low, self.high = split.begin - 1, split.end - 1 - window  # window starts, inclusive
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        starts = torch.randint(self.low, self.high + 1, (self.batch_size,), generator=self.generator)
+        return self.split.windows(starts.numpy(), self.window)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+class SequentialSampler:
+    """Sequential partitioning: the split is cut into B equal stripes, batch k holds window k of every stripe.
+
+    Each epoch starts at a random offset in [0, window) into the stripes (so window edges move), and with fresh
+    state: `carry`, the model's state after the previous batch, is reset to None there. The trainer stores the
+    detached new state back in `carry`; it is saved with the sampler so a resumed run continues it exactly.
+    """
+
+    carries_state = True
+
+    def __init__(self, split: StreamSplit, batch_size: int, window: int, seed: int):
+        self.split, self.batch_size, self.window = split, batch_size, window
+        self.stripe = len(split) // batch_size
+        if self.stripe < 2 * window:
+            raise MakemoreError(
+                f"--stateful: {len(split)} training chars in {batch_size} streams leaves {self.stripe} chars per "
+                f"stream, under two windows of {window}; lower --batch-size or the window"
+            )
+        self.generator = torch.Generator().manual_seed(seed)
+        self.carry: Any = None
+        self._start_epoch()
+
+    def _start_epoch(self) -> None:
+        self.epoch_state = self.generator.get_state()
+        self.offset = int(torch.randint(self.window, (1,), generator=self.generator))
+        self.per_epoch = (self.stripe - self.offset) // self.window
+        self.position = 0
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.position == self.per_epoch:
+            self._start_epoch()
+        if self.position == 0:
+            self.carry = None  # new streams: a carried state would describe other text
+        starts = self.split.begin - 1 + np.arange(self.batch_size) * self.stripe + self.offset
+        self.position += 1
+        return self.split.windows(starts + (self.position - 1) * self.window, self.window)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {
+            "epoch_state": self.epoch_state.clone(),
+            "position": torch.tensor(self.position),
+            **flatten_state(self.carry, "carry"),
+        }
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.generator.set_state(state["epoch_state"])
+        self._start_epoch()
+        self.position = int(state["position"])
+        self.carry = unflatten_state(state, "carry")
+
+
+def flatten_state(state: Any, prefix: str) -> dict[str, torch.Tensor]:
+    """A model state (a tensor, or tuples/lists/dicts of them) as named tensors; the names record the structure:
+    "carry.t0.t1" is state[0][1] of nested tuples, ".l" marks a list index, ".d" a dict key."""
+    if state is None:
+        return {}
+    if isinstance(state, torch.Tensor):
+        return {prefix: state}
+    out: dict[str, torch.Tensor] = {}
+    if isinstance(state, (tuple, list)):
+        kind = "t" if isinstance(state, tuple) else "l"
+        for i, part in enumerate(state):
+            out.update(flatten_state(part, f"{prefix}.{kind}{i}"))
+        return out
+    if isinstance(state, dict) and all(isinstance(k, str) and "." not in k for k in state):
+        for key, part in state.items():
+            out.update(flatten_state(part, f"{prefix}.d{key}"))
+        return out
+    raise TypeError(f"cannot save a carried state of type {type(state).__name__}")
+
+
+def unflatten_state(tensors: dict[str, torch.Tensor], prefix: str) -> Any:
+    """The inverse of flatten_state (missing tuple/list entries, saved from None, come back as None)."""
+    if prefix in tensors:
+        return tensors[prefix]
+    children: dict[str, str] = {}  # first path component -> its kind
+    for name in tensors:
+        if name.startswith(prefix + "."):
+            part = name[len(prefix) + 1 :].split(".", 1)[0]
+            children[part] = part[0]
+    if not children:
+        return None
+    kinds = set(children.values())
+    if kinds == {"d"}:
+        return {part[1:]: unflatten_state(tensors, f"{prefix}.{part}") for part in children}
+    if len(kinds) != 1 or not kinds <= {"t", "l"}:
+        raise ValueError(f"mixed structure in saved state {prefix!r}")
+    kind = kinds.pop()
+    size = max(int(part[1:]) for part in children) + 1
+    items = [unflatten_state(tensors, f"{prefix}.{kind}{i}") for i in range(size)]
+    return tuple(items) if kind == "t" else items
+
+
+# ------------------------------------------------------------------------------------------------------ generation
+
+
+@torch.inference_mode()
+def generate_stream(
+    model: LanguageModel,
+    prompt: list[int],
+    length: int,
+    choose: Callable[[torch.Tensor], torch.Tensor],
+) -> Iterator[int]:
+    """Continue `prompt` (token ids; empty: the start of the text) by `length` tokens, yielding each as it is drawn.
+
+    `choose` maps next-token logits (1, V) to a token (1,) (temperature / top-k / top-p / greedy). The boundary
+    token is never drawn: in a stream it only marks the start of the text. Each step costs what model.step costs:
+    constant per character for models with a bounded context or a recurrent state.
+    """
+    model.eval()
+    device = model.device
+    state = model.init_state(1)
+    logits = None
+    for token in prompt or [BOUNDARY]:
+        logits, state = model.step(torch.tensor([token], device=device), state)
+    for _ in range(length):
+        logits = logits.float().clone()  # (1, V)
+        logits[:, BOUNDARY] = float("-inf")
+        token = choose(logits)  # (1,)
+        yield int(token)
+        logits, state = model.step(token.to(device), state)
+
+
+# ------------------------------------------------------------------------------------------------------------- runs
+
+
+def open_stream_corpus(data: dict[str, Any], vocab: Vocab, where: str) -> Corpus:
+    """Re-read a stream run's corpus from the path in its run.json, checking it is byte for byte the same file."""
+    path, sha256 = data.get("source"), data.get("sha256")
+    if not isinstance(path, str) or not isinstance(sha256, str):
+        raise MakemoreError(f"{where}: a stream-mode run needs data.source and data.sha256")
+    if not Path(path).exists():
+        raise MakemoreError(f"{where}: the run's text file {path} is gone; a stream-mode run re-reads it")
+    return read_corpus(path, vocab=vocab, sha256=sha256)
+
+
+def stream_splits(
+    corpus: Corpus, data: dict[str, Any], model: LanguageModel, stride: int | None = None, where: str = "run.json"
+) -> dict[str, StreamSplit]:
+    """The splits recorded in a run's `data` (offsets, window, stateful), evaluated as `plan_eval` decides."""
+    offsets, window = data.get("offsets"), data.get("window")
+    if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+        raise MakemoreError(f"{where}: data.window must be a positive integer, got {window!r}")
+    if not isinstance(offsets, dict) or "train" not in offsets or "val" not in offsets:
+        raise MakemoreError(f"{where}: data.offsets must map train, val (and test) to [begin, end]")
+    plan = plan_eval(model, window, stride)
+    splits = {}
+    for name, pair in offsets.items():
+        ok = isinstance(pair, list) and len(pair) == 2 and all(type(v) is int for v in pair)
+        if not ok or not 1 <= pair[0] <= pair[1] <= corpus.n_chars + 1:
+            raise MakemoreError(f"{where}: data.offsets.{name} must be [begin, end] within the text, got {pair!r}")
+        splits[name] = StreamSplit(corpus.ids, pair[0], pair[1], window, bool(data.get("stateful")), plan)
+    return splits

@@ -1,0 +1,178 @@
+import json
+import shutil
+
+import pytest
+import torch
+
+from makemore import checkpoint as ckpt
+from makemore.cli import main
+from makemore.data import LineSplit, Vocab
+from makemore.models import MODELS, build_model
+from makemore.models.mix import Mix, MixConfig, fit_weights, member_log_probs, mixture_nll
+from makemore.train import evaluate
+
+TRAIN = [
+    "emma",
+    "olivia",
+    "ava",
+    "isabella",
+    "sophia",
+    "mia",
+    "amelia",
+    "harper",
+    "evelyn",
+    "abigail",
+    "emily",
+    "ella",
+    "elizabeth",
+    "camila",
+    "luna",
+    "sofia",
+    "avery",
+    "mila",
+    "aria",
+    "scarlett",
+    "penelope",
+    "layla",
+]
+VAL = ["chloe", "victoria", "madison", "eleanor", "grace", "nora", "riley", "zoey", "emma", "bella", "amelia"]
+VOCAB = Vocab.from_texts(TRAIN + VAL)
+
+
+def ngram(order: int, smoothing: str = "kneser-ney"):
+    config = MODELS["ngram"].config_class(order=order, smoothing=smoothing, tune_discounts=False, k=0.5)
+    model = build_model("ngram", config, VOCAB.size)
+    model.fit(LineSplit(TRAIN, VOCAB))
+    return model.eval()
+
+
+def uniform():
+    return build_model("bigram", MODELS["bigram"].config_class(), VOCAB.size).eval()  # zero logits: uniform
+
+
+def mixed(members):
+    mix = Mix(MixConfig(n_members=len(members)), VOCAB.size, members)
+    mix.fit(None, LineSplit(VAL, VOCAB))
+    return mix.eval()
+
+
+def nll(model, items=VAL) -> float:
+    return evaluate(model, LineSplit(items, VOCAB).eval_batches(64))["nll"]
+
+
+def test_weights_are_a_distribution_that_favours_the_better_member():
+    mix = mixed([uniform(), ngram(3)])
+    assert mix.weights.sum().item() == pytest.approx(1.0, abs=1e-12)
+    assert (mix.weights >= 0).all()
+    assert mix.weights[1] > 0.8  # the n-gram, not the uniform model
+    assert mix.weights[0] > 0  # ... yet some uniform mass helps a model fitted on 22 names
+
+
+def test_em_reaches_the_optimum_of_the_held_out_likelihood():
+    log_probs = member_log_probs([ngram(2), ngram(4), uniform()], LineSplit(VAL, VOCAB).eval_batches(64))
+    weights = fit_weights(log_probs)
+    # The mean log-likelihood is concave in the weights; its gradient along member i is mean_t p_i(t) / p(t).
+    # At the optimum over the simplex (KKT) that is 1 for every member with weight > 0, and <= 1 for the rest.
+    ratios = (log_probs.exp() / (log_probs.exp() * weights[:, None]).sum(0)).mean(1)
+    used = weights > 1e-6
+    assert torch.allclose(ratios[used], torch.ones(int(used.sum()), dtype=torch.float64), atol=1e-4)
+    assert (ratios[~used] <= 1 + 1e-6).all()
+    best = mixture_nll(log_probs, weights)
+    for w in torch.distributions.Dirichlet(torch.ones(3)).sample((50,)).double():  # no other weighting does better
+        assert mixture_nll(log_probs, w) >= best - 1e-12
+
+
+@pytest.mark.parametrize("members", [lambda: [ngram(2), ngram(4)], lambda: [ngram(3), ngram(2, "add-k"), uniform()]])
+def test_mix_is_never_worse_than_its_best_member_on_the_data_it_was_fitted_on(members):
+    members = members()
+    mix = mixed(members)
+    assert nll(mix) <= min(nll(member) for member in members) + 1e-9
+
+
+def test_a_mix_dominated_by_one_member_is_that_member():
+    # the best mixture of a good model and a copy made much worse is the good model alone: EM only approaches a
+    # corner of the simplex, so the fit must compare against the corners
+    good, bad = ngram(3), ngram(1)
+    mix = mixed([good, bad])
+    assert nll(mix) <= nll(good) + 1e-9
+
+
+def test_incremental_steps_equal_the_full_forward():
+    mix = mixed([ngram(3), ngram(2, "add-k"), uniform()])
+    split = LineSplit(VAL, VOCAB)
+    full, _ = mix(split.inputs)  # (B, T, V)
+    state = mix.init_state(len(split))
+    rows = torch.tensor([4, 0, 2])
+    cut = 3
+    for t in range(split.inputs.size(1)):
+        if t == cut:
+            state = mix.reorder_state(state, rows)
+        logits, state = mix.step(split.inputs[:, t] if t < cut else split.inputs[rows, t], state)
+        expected = full[:, t] if t < cut else full[rows, t]
+        assert torch.allclose(logits, expected, atol=1e-5)
+    assert torch.allclose(full.exp().sum(-1), torch.ones(full.shape[:2]), atol=1e-5)  # log p: rows sum to 1
+
+
+def run_cli(capsys, *argv):
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+def test_mix_command_makes_a_run_that_evaluates_samples_and_scores(capsys, tmp_path, names_file):
+    runs = {
+        "kn": ["--model", "ngram", "--order", 3],
+        "mlp": ["--model", "mlp", "--n-embd", 4, "--n-hidden", 16, "--max-steps", 30, "--eval-every", 30],
+    }
+    for name, flags in runs.items():
+        code, _, err = run_cli(capsys, "train", "-i", names_file, "--out", tmp_path / name, "--samples", 0, *flags)
+        assert code == 0, err
+    out_dir = tmp_path / "mix"
+    code, out, err = run_cli(capsys, "mix", tmp_path / "kn", tmp_path / "mlp", "--out", out_dir)
+    assert code == 0, err
+    assert "weights fitted by EM" in out
+
+    code, out, err = run_cli(capsys, "eval", out_dir, "--format", "json")
+    assert code == 0, err
+    result = json.loads(out)
+    members = [json.loads(run_cli(capsys, "eval", tmp_path / name, "--format", "json")[1]) for name in runs]
+    assert result["val"]["nll"] <= min(m["val"]["nll"] for m in members) + 1e-6
+    assert result["test"]["tokens"] == members[0]["test"]["tokens"]
+
+    code, out, err = run_cli(capsys, "sample", out_dir, "-n", 4, "--seed", 1)
+    assert code == 0 and len(out.strip().splitlines()) == 4, err
+    code, out, err = run_cli(capsys, "score", out_dir, "emma", "ava")
+    assert code == 0 and out.count("logprob") == 2, err
+
+    # self-contained: the members' own runs can go away
+    _, before = ckpt.load_model(out_dir)
+    for name in runs:
+        shutil.rmtree(tmp_path / name)
+    spec, after = ckpt.load_model(out_dir)
+    assert spec.model_name == "mix" and torch.equal(after.weights, before.weights)
+    idx = LineSplit(["emma", "zoey"], spec.vocab).inputs
+    assert torch.equal(after(idx)[0], before(idx)[0])
+
+    code, _, err = run_cli(capsys, "mix", out_dir, out_dir, "--out", out_dir)
+    assert code == 2 and "is one of the runs" in err
+    code, _, err = run_cli(capsys, "mix", out_dir, out_dir, "--out", tmp_path / "again")
+    assert code == 0, err  # a mix is a run: it can be mixed again
+
+
+def test_members_must_share_one_vocabulary(capsys, tmp_path, names_file):
+    other = tmp_path / "other.txt"
+    other.write_text("xyz\nzyx\nyxz\nzzz\nxxx\nyyy\nxyx\nzyz\nyzy\nxzx\n", encoding="utf-8")
+    for name, data in (("a", names_file), ("b", other)):
+        code, _, err = run_cli(
+            capsys, "train", "-i", data, "--out", tmp_path / name, "--model", "ngram", "--order", 2, "--samples", 0
+        )
+        assert code == 0, err
+    code, out, err = run_cli(capsys, "mix", tmp_path / "a", tmp_path / "b", "--out", tmp_path / "mix")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "vocabulary" in err and not (tmp_path / "mix").exists()
+
+
+def test_train_refuses_to_make_a_mix(capsys):
+    code, _, err = run_cli(capsys, "train", "--model", "mix")
+    assert code == 2 and "makemore mix" in err

@@ -1,0 +1,62 @@
+"""ThreadChooser (--threads 0): one thread while the cores are busy, otherwise whichever the clock prefers."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+from makemore import train
+from makemore.train import ThreadChooser
+
+CLOCK = [0.0]  # a fake clock: steps take exactly as long as the test says
+
+
+@pytest.fixture
+def two_cores(monkeypatch):
+    monkeypatch.setattr(train, "time", types.SimpleNamespace(perf_counter=lambda: CLOCK[0]))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def run(chooser: ThreadChooser, steps: int, slow_threads: int, start: int = 0) -> list[int]:
+    used = []
+    for step in range(start, start + steps):
+        chooser.before_step(step)
+        used.append(torch.get_num_threads())
+        CLOCK[0] += 4.0 if torch.get_num_threads() == slow_threads else 1.0
+        chooser.after_step(step)
+    return used
+
+
+@pytest.mark.parametrize("slow_threads, expected", [(2, 1), (1, 2)])
+def test_keeps_the_faster_choice(two_cores, monkeypatch, slow_threads, expected):
+    chooser = ThreadChooser(True, probe=3, every=50)
+    monkeypatch.setattr(chooser, "busy", lambda: False)
+    used = run(chooser, 20, slow_threads)
+    assert used[:3] == [1, 1, 1] and used[3] == 2  # the trial: one thread, then both cores
+    assert used[-1] == expected and chooser.chosen == expected
+
+
+def test_stops_a_losing_trial_early_and_backs_off(two_cores, monkeypatch):
+    chooser = ThreadChooser(True, probe=3, every=10)
+    monkeypatch.setattr(chooser, "busy", lambda: False)
+    used = run(chooser, 12, slow_threads=2)
+    assert used[:5] == [1, 1, 1, 2, 2] and used[5] == 1  # two cores fell behind after one timed step
+    assert chooser.wait == 20 and chooser.next_trial == 4 + 20  # one thread again: look again twice as late
+    assert run(chooser, 30, slow_threads=2, start=12)[24 - 12 : 24 - 12 + 5] == [1, 1, 1, 2, 2]
+    assert chooser.wait == 40
+
+
+def test_busy_machine_means_one_thread_without_a_trial(two_cores, monkeypatch):
+    chooser = ThreadChooser(True, probe=3)
+    monkeypatch.setattr(chooser, "busy", lambda: True)
+    assert run(chooser, 10, slow_threads=1) == [1] * 10
+
+
+def test_disabled_leaves_threads_alone(two_cores):
+    chooser = ThreadChooser(False)
+    assert run(chooser, 5, slow_threads=1) == [2] * 5
