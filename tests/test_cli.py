@@ -79,7 +79,7 @@ def bad_inputs(tmp_path, names_file):
         "empty file": ["train", "-i", tmp_path / "empty.txt"],
         "binary file": ["train", "-i", tmp_path / "binary.bin"],
         "non-utf8": ["train", "-i", tmp_path / "latin1.txt"],
-        "long line": ["train", "-i", tmp_path / "long.txt"],
+        "long line": ["train", "-i", tmp_path / "long.txt", "--mode", "line"],
         "unknown model": ["train", "-i", names_file, "--model", "gpt9"],
         "bad flag value": ["train", "-i", names_file, "--lr", "fast"],
         "negative lr": ["train", "-i", names_file, "--lr", "-1"],
@@ -97,6 +97,8 @@ def bad_inputs(tmp_path, names_file):
     "negative lr", "unknown flag", "bad split", "existing run", "missing run", "corrupt run", "unknown command"])
 def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, names_file, case):
     argv = bad_inputs(tmp_path, names_file)[case]
+    if argv[0] == "train" and "--out" not in argv:
+        argv += ["--out", tmp_path / "run"]  # were it to train, it must not write into the working directory
     code, out, err = run_cli(capsys, *argv)
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and err.startswith("makemore: error:"), err
