@@ -79,7 +79,7 @@ MODELS: dict[str, ModelSpec] = {
         Transformer,
         "GPT-style decoder: pre-LN, causal self-attention (SDPA), learned positions, KV-cache decoding",
         # batch_size counts packed rows of ~2 names each (TrainConfig.pack)
-        {**TEN_MINUTES, "lr": 2e-3, "max_steps": 15000, "batch_size": 32, "weight_decay": 0.1, "warmup_steps": 200},
+        {**TEN_MINUTES, "lr": 3e-3, "max_steps": 15000, "batch_size": 32, "weight_decay": 0.1, "warmup_steps": 200},
     ),
     "mix": ModelSpec(
         MixConfig,
