@@ -7,6 +7,7 @@ import random
 import re
 
 import pytest
+from conftest import NAMES
 
 import makemore
 import makemore.errors
@@ -24,30 +25,7 @@ def run_cli(capsys, *argv):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A count bigram on the conftest names (closed form: instant), as a run directory."""
-    names = [
-        "emma",
-        "olivia",
-        "ava",
-        "isabella",
-        "sophia",
-        "mia",
-        "amelia",
-        "harper",
-        "evelyn",
-        "abigail",
-        "emily",
-        "ella",
-        "elizabeth",
-        "camila",
-        "luna",
-        "sofia",
-        "avery",
-        "mila",
-        "aria",
-        "scarlett",
-        "penelope",
-        "layla",
-    ]
+    names = NAMES[:22]
     tmp = tmp_path_factory.mktemp("api")
     path = tmp / "names.txt"
     path.write_text("\n".join(names * 3) + "\n", encoding="utf-8")

@@ -3,6 +3,7 @@ import shutil
 
 import pytest
 import torch
+from conftest import NAMES
 
 from makemore import checkpoint as ckpt
 from makemore.cli import main
@@ -11,30 +12,7 @@ from makemore.models import MODELS, build_model
 from makemore.models.mix import Mix, MixConfig, fit_weights, member_log_probs, mixture_nll
 from makemore.train import evaluate
 
-TRAIN = [
-    "emma",
-    "olivia",
-    "ava",
-    "isabella",
-    "sophia",
-    "mia",
-    "amelia",
-    "harper",
-    "evelyn",
-    "abigail",
-    "emily",
-    "ella",
-    "elizabeth",
-    "camila",
-    "luna",
-    "sofia",
-    "avery",
-    "mila",
-    "aria",
-    "scarlett",
-    "penelope",
-    "layla",
-]
+TRAIN = NAMES[:22]
 VAL = ["chloe", "victoria", "madison", "eleanor", "grace", "nora", "riley", "zoey", "emma", "bella", "amelia"]
 VOCAB = Vocab.from_texts(TRAIN + VAL)
 

@@ -4,6 +4,7 @@ from collections import Counter
 
 import pytest
 import torch
+from conftest import NAMES
 
 from makemore import checkpoint as ckpt
 from makemore.data import LineSplit, Vocab
@@ -11,30 +12,7 @@ from makemore.errors import MakemoreError
 from makemore.models.ngram import NGram, NGramConfig, context_windows
 from makemore.train import evaluate
 
-TRAIN = [
-    "emma",
-    "olivia",
-    "ava",
-    "isabella",
-    "sophia",
-    "mia",
-    "amelia",
-    "harper",
-    "evelyn",
-    "abigail",
-    "emily",
-    "ella",
-    "elizabeth",
-    "camila",
-    "luna",
-    "sofia",
-    "avery",
-    "mila",
-    "aria",
-    "scarlett",
-    "penelope",
-    "layla",
-]
+TRAIN = NAMES[:22]
 VAL = ["chloe", "victoria", "madison", "eleanor", "grace", "nora", "riley", "zoey", "emma", "bella"]
 
 
