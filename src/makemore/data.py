@@ -68,17 +68,23 @@ class Vocab:
 # ---------------------------------------------------------------------------------------------------------------- read
 
 
-def read_text(path: str | Path) -> str:
-    """A whole UTF-8 file (BOM allowed), with clear errors for missing, binary and non-UTF-8 files."""
-    path = Path(path)
+def open_binary(path: str | Path):
+    """open(path, "rb") with one-line errors for missing, directory and unreadable paths."""
     try:
-        raw = path.read_bytes()
+        return open(path, "rb")
     except FileNotFoundError:
         raise MakemoreError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise MakemoreError(f"{path}: is a directory, expected a text file") from None
     except OSError as error:
         raise MakemoreError(f"{path}: cannot read ({error.strerror})") from None
+
+
+def read_text(path: str | Path) -> str:
+    """A whole UTF-8 file (BOM allowed), with clear errors for missing, binary and non-UTF-8 files."""
+    path = Path(path)
+    with open_binary(path) as handle:
+        raw = handle.read()
     if b"\x00" in raw:
         raise MakemoreError(f"{path}: looks binary (contains NUL bytes), expected UTF-8 text")
     try:

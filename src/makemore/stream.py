@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import BOUNDARY, IGNORE, Vocab
+from .data import BOUNDARY, IGNORE, Vocab, open_binary
 from .errors import MakemoreError
 from .models import LanguageModel
 
@@ -102,15 +102,7 @@ def _decoded_chunks(path: Path) -> Iterator[tuple[bytes, str]]:
     """(raw bytes, decoded text) chunk by chunk; a BOM is dropped; binary and invalid UTF-8 fail clearly."""
     decoder = codecs.getincrementaldecoder("utf-8-sig")()
     offset = 0
-    try:
-        handle = open(path, "rb")
-    except FileNotFoundError:
-        raise MakemoreError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise MakemoreError(f"{path}: is a directory, expected a text file") from None
-    except OSError as error:
-        raise MakemoreError(f"{path}: cannot read ({error.strerror})") from None
-    with handle:
+    with open_binary(path) as handle:
         while True:
             raw = handle.read(CHUNK_BYTES)
             if b"\x00" in raw:

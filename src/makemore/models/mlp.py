@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..config import check, field
-from .base import LanguageModel, masked_batch_norm, sequence_nll
+from .base import LanguageModel, masked_batch_norm, sequence_nll, small_output_layer
 from .ngram import context_windows
 
 
@@ -44,10 +44,7 @@ class MLP(LanguageModel):
         self.hidden = nn.ModuleList(nn.Linear(a, b, bias=not c.batch_norm) for a, b in zip(widths, widths[1:]))
         self.norms = nn.ModuleList(nn.BatchNorm1d(c.n_hidden) for _ in range(c.n_layer)) if c.batch_norm else None
         self.drop = nn.Dropout(c.dropout)
-        self.lm_head = nn.Linear(c.n_hidden, vocab_size)
-        with torch.no_grad():  # small output layer: the initial loss is close to ln V (lecture 4's fix)
-            self.lm_head.weight.mul_(0.1)
-            self.lm_head.bias.zero_()
+        self.lm_head = small_output_layer(c.n_hidden, vocab_size)
 
     @property
     def context_size(self) -> int:

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..config import check, field
 from ..data import BOUNDARY, IGNORE
-from .base import Dropout, LanguageModel, segment_starts, sequence_nll
+from .base import Dropout, LanguageModel, segment_starts, sequence_nll, small_output_layer
 
 
 @dataclass
@@ -79,10 +79,7 @@ class WaveNet(LanguageModel):
         else:
             self.norms = None
         self.drop = Dropout(c.dropout)
-        self.lm_head = nn.Linear(c.n_hidden, vocab_size)
-        with torch.no_grad():  # small output layer: the initial loss is close to ln V (lecture 4's fix)
-            self.lm_head.weight.mul_(0.1)
-            self.lm_head.bias.zero_()
+        self.lm_head = small_output_layer(c.n_hidden, vocab_size)
 
     @property
     def context_size(self) -> int:
