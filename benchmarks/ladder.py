@@ -63,13 +63,15 @@ def main() -> None:
     parser.add_argument("--time-budget", type=float, default=None, help="seconds per trainable model")
     parser.add_argument("--runs", default="runs/ladder", help="where the run directories go")
     parser.add_argument("--markdown", default="benchmarks/results/ladder.md")
+    parser.add_argument("--threads", type=int, help="torch threads per run (default: the trainer's automatic choice)")
     parser.add_argument("--mix", nargs="*", default=None, help="models whose runs to mix at the end (e.g. ngram gru)")
     args = parser.parse_args()
     if not DATA.exists():
         raise SystemExit(f"needs the names split in {DATA}")
     rows = []
     for name in args.models:
-        rows.append(train_one(name, Path(args.runs) / name, args.time_budget, []))
+        extra = ["--threads", str(args.threads)] if args.threads else []
+        rows.append(train_one(name, Path(args.runs) / name, args.time_budget, extra))
         print(json.dumps(rows[-1]), flush=True)
     if args.mix and "mix" in MODELS:
         out = Path(args.runs) / "mix"

@@ -265,14 +265,19 @@ def test_batch_norm_train_and_eval(name):
 def test_transformer_step_does_not_recompute_the_prefix():
     model = make("transformer")
     model.eval()
-    embedded = []  # the token shapes each step embeds: one position per row while the window has room
-    model.wte.register_forward_hook(lambda module, inputs, output: embedded.append(tuple(inputs[0].shape)))
+    full_reads = []  # calls of the full-window forward: only once the window has to slide
+    run = model._run
+    model._run = lambda idx: full_reads.append(tuple(idx.shape)) or run(idx)
     state = model.init_state(2)
+    bs = model.config.block_size
     with torch.no_grad():
-        for t in range(model.config.block_size):
+        for t in range(bs):
             _, state = model.step(torch.full((2,), t % V), state)
-    assert embedded == [(2,)] * model.config.block_size
-    assert state["cache"][0][0].shape[2] == model.config.block_size
+        assert full_reads == []
+        assert state["k"].shape[:4] == (model.config.n_layer, 2, model.config.n_head, bs)
+        assert bool((state["k"].abs().sum(-1) > 0).all())  # every position of every layer written, one per step
+        model.step(torch.full((2,), 1), state)
+    assert full_reads == [(2, bs)]
 
 
 def test_wavenet_state_is_a_fixed_size_buffer():

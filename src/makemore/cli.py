@@ -612,6 +612,10 @@ def build_sample_parser() -> Parser:
     parser.add_argument("-n", "--num", type=int, help="how many items (default: 20)")
     parser.add_argument("--seed", type=int, default=None, help="seed for sampling (default: random)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default: cpu)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="CPU threads (default: 1: a decoding step is many tiny ops, which a "
+        "second thread slows down, badly so when another process keeps a core busy)"
+    )
     decoding = parser.add_argument_group("decoding")
     decoding.add_argument("--temperature", type=float, default=1.0, help="< 1 sharper, > 1 more varied (default: 1)")
     decoding.add_argument("--top-k", type=int, help="sample only among the k most likely characters")
@@ -715,6 +719,9 @@ def cmd_sample(argv: list[str]) -> int:
     from .api import Run
 
     args = build_sample_parser().parse_args(argv)
+    if not 1 <= args.threads <= 1024:
+        raise MakemoreError("--threads must be between 1 and 1024")
+    torch.set_num_threads(args.threads)
     if args.num is not None and args.num < 1:
         raise MakemoreError("-n must be >= 1")
     if not args.temperature > 0 or args.temperature > 1e6:

@@ -5,8 +5,9 @@ rolling context window, recurrent state, a KV cache) does the work and no step r
 
 - The prefix is fed once, for one row, and the state is then copied to the n rows (`reorder_state` with repeated
   row indices).
-- All n items are one batch; a row that emits the end token leaves the batch (`reorder_state` keeps the rest), so
-  the batch shrinks as items finish and the loop stops when the last one has.
+- All n items are one batch; rows that emitted the end token leave the batch (`reorder_state` keeps the rest) once
+  they are a quarter of it (until then they ride along, fed the end token, their output fixed), so the batch
+  shrinks as items finish without a state copy at every step, and the loop stops when the last one has.
 - Sampling uses the Gumbel-max trick with noise drawn for all n output rows at every step (Gumbel 1954; Maddison
   et al. 2014): item i at step t always uses the same random numbers whoever else is still in the batch. Seeded
   runs therefore repeat exactly, and `generate_recompute` (the naive path: every row, whole prefix, every step)
@@ -135,6 +136,7 @@ def decode(
     active = torch.arange(n, device=device)  # which output row each batch row belongs to
     B = n  # rows still in the batch
     states = constraint.initial_states(n)
+    done = None  # (B,) rows whose item has ended but that ride along (fed the end token) until the next compaction
     for j in range(steps):
         t = len(prefix) + j
         masked = _mask(logits, constraint, states, t)
@@ -143,6 +145,8 @@ def decode(
             u = torch.rand(n, V, generator=generator, device=device)  # every output row's numbers, every step
             noise = gumbel(u if B == n else u.index_select(0, active))
         next_ids = choose(masked, options, noise)  # (B,)
+        if done is not None:
+            next_ids = next_ids.masked_fill(done, BOUNDARY)  # an ended row's buffers stay BOUNDARY: its end holds
         rows = slice(None) if B == n else active
         tokens[rows, j] = next_ids
         if details:
@@ -157,11 +161,13 @@ def decode(
             break
         if not constraint.trivial:
             states = constraint.advance(states, next_ids)
-        if n_ended:
+        done = ended if n_ended else None
+        if n_ended * 4 >= B:  # compact once a quarter has ended: each reorder copies the state (a KV cache: all of it)
             keep = (~ended).nonzero(as_tuple=True)[0]
             active, next_ids, states = active[keep], next_ids[keep], states[keep]
             state = model.reorder_state(state, keep)
             B -= n_ended
+            done = None
         logits, state = model.step(next_ids, state)
     return _collect(prefix, tokens, model_lp, masked_lp, prefix_logprobs, details)
 

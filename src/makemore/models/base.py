@@ -160,9 +160,10 @@ class LanguageModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        for tensor in list(self.parameters()) + list(self.buffers()):
-            return tensor.device
-        return torch.device("cpu")
+        tensor = next(self.parameters(), None)  # the first one only: this is called every decoding call
+        if tensor is None:
+            tensor = next(self.buffers(), None)
+        return tensor.device if tensor is not None else torch.device("cpu")
 
 
 def map_state(fn: Any, state: Any) -> Any:

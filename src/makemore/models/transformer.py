@@ -178,40 +178,69 @@ class Transformer(LanguageModel):
             x, _ = block(x, allowed)
         return maps
 
-    # ----- incremental decoding: a KV cache per layer, the last tokens (to re-read a slid window), and where each
-    # row's current item started (a boundary token restarts positions and hides everything before it)
+    # ----- incremental decoding: keys/values of every layer in preallocated buffers (L, B, n_head, block_size, hs)
+    # that each step writes one position of, the last tokens (to re-read a slid window), and where each row's current
+    # item started (a boundary token restarts positions and hides everything before it). One query per step needs no
+    # fused attention kernel, and calling the functional ops directly skips nn.Module overhead, which dominates at
+    # batch size 1. A step writes into the buffers of the state it is given: a state is consumed by `step` (every
+    # caller continues from the returned state, and `reorder_state` copies).
     def init_state(self, batch_size: int) -> dict[str, Any]:
         device = self.device
         return {
             "tokens": torch.empty(batch_size, 0, dtype=torch.long, device=device),
-            "cache": None,
+            "k": None,
+            "v": None,
             "start": torch.zeros(batch_size, dtype=torch.long, device=device),
         }
 
+    def _empty_cache(self, batch_size: int, like: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        # empty, not zeros: a step reads only the positions written before it
+        return like.new_empty(c.n_layer, batch_size, c.n_head, c.block_size, c.n_embd // c.n_head)
+
     def step(self, idx: torch.Tensor, state: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
-        bs = self.config.block_size
+        c = self.config
+        bs, nh = c.block_size, c.n_head
         t = state["tokens"].size(1)  # positions already in the cache
         tokens = torch.cat([state["tokens"], idx[:, None]], dim=1)[:, -bs:]  # (B, <= bs)
         if t >= bs:  # the window slides: positions shift, so the cache is stale; read the window afresh
             logits, cache = self._run(tokens)
-            return logits[:, -1], {"tokens": tokens, "cache": cache, "start": state["start"]}
+            keys, values = torch.stack([k for k, _ in cache]), torch.stack([v for _, v in cache])  # (L, B, nh, bs, hs)
+            return logits[:, -1], {"tokens": tokens, "k": keys, "v": values, "start": state["start"]}
+        B, C = idx.size(0), c.n_embd
+        keys, values = state["k"], state["v"]
+        if keys is None:
+            keys, values = self._empty_cache(B, self.wte.weight), self._empty_cache(B, self.wte.weight)
         start = torch.where(idx == BOUNDARY, t, state["start"])  # (B,)
-        x = self.wte(idx) + self.wpe(t - start)  # (B, C): one new position
-        allowed = (torch.arange(t + 1, device=idx.device) >= start[:, None])[:, None, None, :]  # (B, 1, 1, t + 1)
-        x = x[:, None]  # (B, 1, C)
-        cache = []
+        x = F.embedding(idx, self.wte.weight) + F.embedding(t - start, self.wpe.weight)  # (B, C): one new position
+        hidden = torch.arange(t + 1, device=idx.device) < start[:, None]  # (B, t + 1): before the item's start
+        bias = torch.zeros(B, 1, t + 1, dtype=x.dtype, device=x.device).masked_fill_(hidden[:, None], float("-inf"))
+        scale = 1.0 / math.sqrt(C // nh)
         for i, block in enumerate(self.blocks):
-            x, kv = block(x, allowed, state["cache"][i] if state["cache"] is not None else None)
-            cache.append(kv)
-        logits = self.lm_head(self.ln_f(x))[:, -1]  # (B, V)
-        return logits, {"tokens": tokens, "cache": cache, "start": start}
+            attn, mlp = block.attn, block.mlp
+            h = F.layer_norm(x, (C,), block.ln_1.weight, block.ln_1.bias)
+            q, k, v = F.linear(h, attn.c_attn.weight, attn.c_attn.bias).view(B, 3, nh, C // nh).unbind(1)  # (B, nh, hs)
+            keys[i, :, :, t], values[i, :, :, t] = k, v
+            scores = (keys[i, :, :, : t + 1] @ q[..., None]).squeeze(-1) * scale + bias  # (B, nh, t + 1)
+            y = (scores.softmax(-1)[:, :, None] @ values[i, :, :, : t + 1]).view(B, C)  # (B, nh, 1, hs) -> (B, C)
+            x = x + F.linear(y, attn.c_proj.weight, attn.c_proj.bias)
+            h = F.layer_norm(x, (C,), block.ln_2.weight, block.ln_2.bias)
+            x = x + F.linear(F.gelu(F.linear(h, mlp[0].weight, mlp[0].bias)), mlp[2].weight, mlp[2].bias)
+        x = F.layer_norm(x, (C,), self.ln_f.weight, self.ln_f.bias)
+        logits = F.linear(x, self.lm_head.weight)  # (B, V)
+        return logits, {"tokens": tokens, "k": keys, "v": values, "start": start}
 
     def reorder_state(self, state: dict[str, Any], rows: torch.Tensor) -> dict[str, Any]:
-        cache = state["cache"]
-        if cache is not None:
-            cache = [(k.index_select(0, rows), v.index_select(0, rows)) for k, v in cache]
+        keys, values = state["k"], state["v"]
+        if keys is not None:
+            t = min(state["tokens"].size(1), self.config.block_size)  # copy only the positions in use
+            new_keys, new_values = self._empty_cache(rows.numel(), keys), self._empty_cache(rows.numel(), values)
+            new_keys[:, :, :, :t] = keys[:, :, :, :t].index_select(1, rows)
+            new_values[:, :, :, :t] = values[:, :, :, :t].index_select(1, rows)
+            keys, values = new_keys, new_values
         return {
             "tokens": state["tokens"].index_select(0, rows),
-            "cache": cache,
+            "k": keys,
+            "v": values,
             "start": state["start"].index_select(0, rows),
         }
