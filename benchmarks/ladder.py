@@ -30,9 +30,23 @@ def makemore(*args: str) -> str:
 
 
 def train_one(name: str, out: Path, time_budget: float | None, extra: list[str]) -> dict:
-    args = ["train", "-i", str(DATA / "names-train.txt"), "--val-file", str(DATA / "names-val.txt"),
-            "--test-file", str(DATA / "names-test.txt"), "--model", name, "--out", str(out), "--force",
-            "--samples", "0", *extra]
+    args = [
+        "train",
+        "-i",
+        str(DATA / "names-train.txt"),
+        "--val-file",
+        str(DATA / "names-val.txt"),
+        "--test-file",
+        str(DATA / "names-test.txt"),
+        "--model",
+        name,
+        "--out",
+        str(out),
+        "--force",
+        "--samples",
+        "0",
+        *extra,
+    ]
     if time_budget is not None and MODELS[name].model_class.trainable:
         args += ["--time-budget", str(time_budget)]
     start = time.perf_counter()
@@ -43,9 +57,15 @@ def train_one(name: str, out: Path, time_budget: float | None, extra: list[str])
     rates = [m["tokens_per_s"] for m in metrics if m.get("event") == "train"]
     elapsed = max((m.get("elapsed", 0.0) for m in metrics), default=0.0)
     result = json.loads(makemore("eval", str(out), "--split", "all", "--format", "json"))
-    return {"model": name, "params": params, "train_s": elapsed, "wall_s": wall,
-            "tokens_per_s": sum(rates) / len(rates) if rates else None,
-            "val": result["val"]["nll"], "test": result["test"]["nll"]}
+    return {
+        "model": name,
+        "params": params,
+        "train_s": elapsed,
+        "wall_s": wall,
+        "tokens_per_s": sum(rates) / len(rates) if rates else None,
+        "val": result["val"]["nll"],
+        "test": result["test"]["nll"],
+    }
 
 
 def markdown(rows: list[dict]) -> str:
@@ -78,8 +98,17 @@ def main() -> None:
         start = time.perf_counter()
         makemore("mix", *[str(Path(args.runs) / m) for m in args.mix], "--out", str(out), "--force")
         result = json.loads(makemore("eval", str(out), "--split", "all", "--format", "json"))
-        rows.append({"model": "mix(" + "+".join(args.mix) + ")", "params": "-", "train_s": time.perf_counter() - start,
-                     "wall_s": 0.0, "tokens_per_s": None, "val": result["val"]["nll"], "test": result["test"]["nll"]})
+        rows.append(
+            {
+                "model": "mix(" + "+".join(args.mix) + ")",
+                "params": "-",
+                "train_s": time.perf_counter() - start,
+                "wall_s": 0.0,
+                "tokens_per_s": None,
+                "val": result["val"]["nll"],
+                "test": result["test"]["nll"],
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     table = markdown(rows)
     Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)

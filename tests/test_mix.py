@@ -154,3 +154,65 @@ def test_members_must_share_one_vocabulary(capsys, tmp_path, names_file):
 def test_train_refuses_to_make_a_mix(capsys):
     code, _, err = run_cli(capsys, "train", "--model", "mix")
     assert code == 2 and "makemore mix" in err
+
+
+def test_stream_runs_mix_with_each_member_reading_its_own_context(capsys, tmp_path):
+    from test_stream import PROSE
+
+    text = tmp_path / "prose.txt"
+    text.write_text(PROSE * 12, encoding="utf-8")
+    common = ["train", "-i", text, "--mode", "stream", "--samples", 0]
+    runs = {
+        "kn": ["--model", "ngram", "--order", 4, "--seq-len", 16],
+        "tf": [
+            "--model",
+            "transformer",
+            "--block-size",
+            16,
+            "--n-layer",
+            1,
+            "--n-embd",
+            16,
+            "--n-head",
+            2,
+            "--max-steps",
+            20,
+            "--eval-every",
+            20,
+        ],
+        "lstm": [
+            "--model",
+            "lstm",
+            "--n-hidden",
+            16,
+            "--n-layer",
+            1,
+            "--n-embd",
+            8,
+            "--seq-len",
+            16,
+            "--stateful",
+            "--max-steps",
+            20,
+            "--eval-every",
+            20,
+        ],
+    }
+    own = {}
+    for name, flags in runs.items():
+        code, _, err = run_cli(capsys, *common, "--out", tmp_path / name, *flags)
+        assert code == 0, err
+        own[name] = json.loads(run_cli(capsys, "eval", tmp_path / name, "--format", "json")[1])["val"]["nll"]
+    code, out, err = run_cli(capsys, "mix", *(tmp_path / name for name in runs), "--out", tmp_path / "mix")
+    assert code == 0, err
+    fitted = float(out.split("mix: val nll ")[1].split(";")[0])
+    read_in_mix = {name: float(line.split("val nll ")[1]) for name, line in zip(runs, out.splitlines()[1:4])}
+    # the n-gram's whole context fits in what the mix keeps: the very same log-probs as its own evaluation
+    assert read_in_mix["kn"] == pytest.approx(own["kn"], abs=1e-4)
+    code, out, err = run_cli(capsys, "eval", tmp_path / "mix", "--format", "json")
+    assert code == 0, err
+    result = json.loads(out)["val"]
+    assert result["nll"] == pytest.approx(fitted, abs=1e-4)  # eval reads the text as the fit did
+    assert result["nll"] <= min(read_in_mix.values()) + 1e-6
+    code, out, err = run_cli(capsys, "sample", tmp_path / "mix", "--prompt", "the ", "--length", 20, "--seed", 1)
+    assert code == 0 and out.startswith("the ") and len(out) == len("the ") + 21, err

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import shutil
 from pathlib import Path
+from typing import Any
 
 from . import checkpoint as ckpt
 from .data import LineSplit, parse_items, read_text
@@ -76,9 +77,13 @@ def cmd_mix(argv: list[str]) -> int:
                 f"{run}: its vocabulary ({spec.vocab.size} symbols) differs from {runs[0]}'s ({vocab.size}): "
                 "mixed runs must share one vocabulary (train them on the same data)"
             )
-    streams = [run for run, spec in zip(runs, specs) if spec.data.get("mode") == "stream"]
-    if streams:  # TODO: fit the weights on a stream's val windows (each member scored on the same windows)
-        raise MakemoreError(f"{streams[0]}: a stream-mode run; mix supports line-mode runs (one item per line) only")
+    streams = [spec.data.get("mode") == "stream" for spec in specs]
+    if any(streams):
+        if not all(streams):
+            raise MakemoreError("mix runs of one kind: all line mode or all stream mode (on the same text)")
+        if args.val_file:
+            raise MakemoreError("--val-file is for line-mode runs; stream runs are mixed on their val stretch")
+        return _mix_streams(args, runs, specs, members, device)
     splits = {name: ckpt.read_split_items(runs[0], name) for name in ("train", "val", "test")}
     for run in runs[1:]:
         for name in ("val", "test") if not args.val_file else ("test",):
@@ -96,9 +101,40 @@ def cmd_mix(argv: list[str]) -> int:
 
     val = LineSplit(splits["val"], vocab)
     log_probs = member_log_probs(members, val.eval_batches(1024))  # (members, tokens)
+    data = dict(specs[0].data)
+    _write_mix(args, runs, specs, members, log_probs, data, splits, device)
+    return 0
+
+
+def _mix_streams(args: argparse.Namespace, runs: list[Path], specs: list, members: list, device: Any) -> int:
+    """Stream-mode members of one text: the weights are fitted on its val stretch, which every member reads with
+    its own context (Mix.member_logits_with_state) in windows of half the smallest member window."""
+    from .stream import open_stream_corpus, stream_splits
+
+    first = specs[0].data
+    for run, spec in zip(runs[1:], specs[1:]):
+        same = spec.data.get("sha256") == first.get("sha256") and spec.data.get("offsets", {}).get(
+            "val"
+        ) == first.get("offsets", {}).get("val")
+        if not same:
+            raise MakemoreError(f"{run}: trained on another text or split than {runs[0]}: mix runs of one text")
+    data = dict(first, stateful=False, window=max(1, min(int(spec.data["window"]) for spec in specs) // 2))
+    data["window_origin"] = "half the smallest member window (mix)"
+    corpus = open_stream_corpus(data, specs[0].vocab, str(runs[0] / ckpt.RUN_FILE))
+    mix = Mix(MixConfig(n_members=len(members)), specs[0].vocab.size, members)
+    val = stream_splits(corpus, data, mix, where=str(runs[0] / ckpt.RUN_FILE))["val"]
+    if not len(val):
+        raise MakemoreError(f"{runs[0]}: no val stretch to fit the weights on")
+    log_probs = member_log_probs(members, val.eval_batches(1024))  # (members, chars)
+    _write_mix(args, runs, specs, members, log_probs, data, None, device)
+    return 0
+
+
+def _write_mix(args, runs, specs, members, log_probs, data, splits, device) -> None:
+    """Fit the weights on `log_probs` (members, tokens), write the mix run directory and report."""
     weights = fit_weights(log_probs, args.em_steps)
     config = MixConfig(n_members=len(members), em_steps=args.em_steps)
-    mix = Mix(config, vocab.size, members)
+    mix = Mix(config, specs[0].vocab.size, members)
     mix.weights = weights.to(device)
 
     out = Path(args.out)
@@ -108,15 +144,15 @@ def cmd_mix(argv: list[str]) -> int:
         ckpt.write_json(member_dir(out, i) / ckpt.RUN_FILE, ckpt.read_json(run / ckpt.RUN_FILE))
         if (run / MEMBERS_DIR).is_dir():  # a member that is itself a mix brings its members' run.json files
             shutil.copytree(run / MEMBERS_DIR, member_dir(out, i) / MEMBERS_DIR)
-    data = dict(specs[0].data)
     data["mix"] = {
         "members": [str(run.resolve()) for run in runs],
         "weights": weights.tolist(),
         "fitted_on": str(Path(args.val_file).resolve()) if args.val_file else "val",
     }
-    spec = ckpt.RunSpec("mix", config, {}, vocab, data)
+    spec = ckpt.RunSpec("mix", config, {}, specs[0].vocab, data)
     ckpt.save_tensors(out / ckpt.WEIGHTS_FILE, mix.state_dict())
-    ckpt.write_split_items(out, splits)
+    if splits is not None:
+        ckpt.write_split_items(out, splits)
     ckpt.write_json(out / ckpt.RUN_FILE, spec.to_json())  # last: a run.json means a complete run
 
     print(f"weights fitted by EM on {args.val_file or 'val'} ({log_probs.size(1)} tokens):")
@@ -124,7 +160,6 @@ def cmd_mix(argv: list[str]) -> int:
     for run, spec_i, weight, row in zip(runs, specs, weights.tolist(), log_probs):
         print(f"  {weight:.4f}  {str(run):<{width}}  {spec_i.model_name:<12} val nll {-row.mean().item():.4f}")
     print(f"mix: val nll {mixture_nll(log_probs, weights):.4f}; run directory: {out}")
-    return 0
 
 
 __all__ = ["cmd_mix"]

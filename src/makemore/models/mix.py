@@ -87,7 +87,9 @@ class Mix(LanguageModel):
 
     @property
     def carries_state(self) -> bool:
-        return any(member.carries_state for member in self.members)
+        # In stream mode a mix carries every member's context across windows: recurrent members their state, the
+        # others the last characters they read (see member_logits_with_state), so each is scored as on its own.
+        return bool(len(self.members))
 
     def parameter_count(self) -> int:
         return sum(member.parameter_count() for member in self.members)
@@ -120,14 +122,36 @@ class Mix(LanguageModel):
         loss = sequence_nll(logits, targets) if targets is not None else None
         return logits, loss
 
-    def forward_with_state(self, idx: torch.Tensor, targets: torch.Tensor | None = None, state: Any = None):
+    def member_logits_with_state(self, idx: torch.Tensor, state: list[Any] | None) -> tuple[list[torch.Tensor], list]:
+        """Each member's logits (B, T, V) for window idx (B, T) that continues the text read before, and the state.
+
+        Recurrent members continue from their carried state. The others keep the last characters they read and
+        re-read them before idx: as many as their context needs, and at most enough to fill their context with idx,
+        so that a Transformer whose context is twice the window reads every position with at least half its context
+        (as its own sliding-window evaluation does) and never beyond its block size.
+        """
         states = state if state is not None else [None] * len(self.members)
-        outputs = [member.forward_with_state(idx, None, s) for member, s in zip(self.members, states)]
-        if not outputs:
+        T = idx.size(1)
+        logits, carried = [], []
+        for member, s in zip(self.members, states):
+            if member.carries_state:
+                out, _, s = member.forward_with_state(idx, None, s)
+            else:
+                text = idx if s is None else torch.cat([s, idx], dim=1)  # (B, t + T)
+                out = member(text)[0][:, -T:]
+                context = member.context_size if member.context_size is not None else T
+                s = text[:, text.size(1) - min(context, max(context - T, T)) :]
+            logits.append(out)
+            carried.append(s)
+        return logits, carried
+
+    def forward_with_state(self, idx: torch.Tensor, targets: torch.Tensor | None = None, state: Any = None):
+        if not len(self.members):
             return *self.forward(idx, targets), None
-        logits = self._combine([logits for logits, _, _ in outputs])
+        member_logits, state = self.member_logits_with_state(idx, state)
+        logits = self._combine(member_logits)
         loss = sequence_nll(logits, targets) if targets is not None else None
-        return logits, loss, [s for _, _, s in outputs]
+        return logits, loss, state
 
     # ------------------------------------------------- incremental decoding: every member steps, then combine
     def init_state(self, batch_size: int) -> list[Any]:
@@ -145,16 +169,25 @@ class Mix(LanguageModel):
 
 @torch.no_grad()
 def member_log_probs(members: list[LanguageModel] | nn.ModuleList, batches: Any) -> torch.Tensor:
-    """(members, tokens) log-probability each member gives each real target token of `batches`."""
+    """(members, tokens) log-probability each member gives each real target token of `batches`.
+
+    Batches that carry state (stream mode: consecutive windows of parallel streams) are read as a mix reads them,
+    every member continuing from what it read before (Mix.member_logits_with_state)."""
     for member in members:
         member.eval()
+    carry, state = getattr(batches, "carry_state", False), None
+    mix = Mix(MixConfig(n_members=len(members)), members[0].vocab_size, list(members)) if carry else None
     columns = []
     for x, y in batches:
         x, y = x.to(members[0].device), y.to(members[0].device)
         real = y != IGNORE
+        if mix is not None:
+            member_logits, state = mix.member_logits_with_state(x, state)
+        else:
+            member_logits = [member(x)[0] for member in members]
         rows = []
-        for member in members:
-            logp = F.log_softmax(member(x)[0].double(), dim=-1)  # (B, T, V)
+        for logits in member_logits:
+            logp = F.log_softmax(logits.double(), dim=-1)  # (B, T, V)
             rows.append(logp.gather(-1, y.clamp(min=0)[..., None]).squeeze(-1)[real])  # (tokens,)
         columns.append(torch.stack(rows).cpu())
     return torch.cat(columns, dim=1)
