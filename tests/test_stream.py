@@ -359,3 +359,17 @@ def test_cli_stream_flags_are_checked(prose_file: Path, names_file: Path, tmp_pa
         cli.run(["train", "-i", str(prose_file), "--model", "ngram", "--stateful", "-o", str(tmp_path / "b")])
     with pytest.raises(MakemoreError, match="built-in list of names"):
         cli.run(["train", "--mode", "stream", "-o", str(tmp_path / "c")])
+
+
+def test_auto_order_ngram_is_evaluated_with_the_context_it_was_fitted_with(prose_file: Path, tmp_path: Path, capsys):
+    # --order auto fixes the n-gram's context only when fitted: the val NLL the run reports must use that context
+    run_dir = tmp_path / "kn"
+    args = ["train", "-i", str(prose_file), "--mode", "stream", "--model", "ngram", "--dev-fraction", "0.1"]
+    assert cli.run(args + ["--seq-len", "32", "-o", str(run_dir), "--samples", "0"]) == 0
+    reported = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    reported = [m["val_loss"] for m in reported if m.get("event") == "eval"][-1]
+    capsys.readouterr()
+    assert cli.run(["eval", str(run_dir), "--format", "json"]) == 0
+    result = json.loads(capsys.readouterr().out)["val"]
+    assert "full context" in result["context"] and " 0 chars" not in result["context"]
+    assert reported == pytest.approx(result["nll"], abs=1e-6)

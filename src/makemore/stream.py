@@ -278,14 +278,19 @@ class StreamSplit:
         end: int,
         window: int,
         stateful: bool = False,
-        plan: EvalPlan | None = None,
+        plan: EvalPlan | Callable[[], EvalPlan] | None = None,
     ):
         if not 1 <= begin <= end <= len(ids):
             raise MakemoreError(f"stream split [{begin}, {end}) is outside the text (1..{len(ids)})")
         if window < 1:
             raise MakemoreError(f"the window must be >= 1 character, got {window}")
         self.ids, self.begin, self.end, self.window, self.stateful = ids, begin, end, window, stateful
-        self.plan = plan
+        self._plan = plan
+
+    @property
+    def plan(self) -> EvalPlan | None:
+        """How to evaluate; decided when asked, as a count model's context is known only once it is fitted."""
+        return self._plan() if callable(self._plan) else self._plan
 
     def __len__(self) -> int:
         return self.end - self.begin
@@ -539,7 +544,11 @@ def stream_splits(
         raise MakemoreError(f"{where}: data.window must be a positive integer, got {window!r}")
     if not isinstance(offsets, dict) or "train" not in offsets or "val" not in offsets:
         raise MakemoreError(f"{where}: data.offsets must map train, val (and test) to [begin, end]")
-    plan = plan_eval(model, window, stride)
+    plan_eval(model, window, stride)  # a bad --stride fails here, before anything runs
+
+    def plan() -> EvalPlan:  # asked again at evaluation time: --order auto fixes an n-gram's context when fitted
+        return plan_eval(model, window, stride)
+
     splits = {}
     for name, pair in offsets.items():
         ok = isinstance(pair, list) and len(pair) == 2 and all(type(v) is int for v in pair)
