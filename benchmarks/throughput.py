@@ -2,6 +2,7 @@
 
     python benchmarks/throughput.py --model transformer --n-layer 4 --n-head 4 --n-embd 64 --batch-size 32 --seconds 30
     python benchmarks/throughput.py --model transformer,gru --grid --seconds 20     # fp32/bf16 x eager/compiled
+    torchrun --nproc_per_node 2 benchmarks/throughput.py --threads 1 ...             # DDP: one process per core
 
 Each run builds the model with its registry defaults (plus any model flags given), trains it through
 `train.Trainer` with the model's recommended training settings for `--seconds` after a warm-up, and times the steps
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -21,6 +23,7 @@ from pathlib import Path
 import torch
 
 from makemore import config as config_mod
+from makemore import distributed
 from makemore.data import IGNORE, LineSplit, Vocab, read_items
 from makemore.models import MODELS, build_model
 from makemore.train import TrainConfig, Trainer
@@ -111,6 +114,11 @@ def main(argv: list[str] | None = None) -> None:
     if len(names) == 1:
         config_mod.add_flags(parser.add_argument_group(f"model {names[0]!r}"), MODELS[names[0]].config_class)
     args = parser.parse_args(argv)
+    # under torchrun (e.g. --nproc_per_node 2 on a 2-core CPU: one process per core, Gloo): the trainer's DDP path;
+    # every rank draws the same global batch, so the token counts below are the global ones; rank 0 reports
+    info = distributed.setup(torch.device("cpu"))
+    if not info.is_main:
+        sys.stdout = open(os.devnull, "w")
     splits, vocab = load_data(args.train, args.val)
 
     results = []

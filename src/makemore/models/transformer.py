@@ -214,15 +214,18 @@ class Transformer(LanguageModel):
         start = torch.where(idx == BOUNDARY, t, state["start"])  # (B,)
         x = F.embedding(idx, self.wte.weight) + F.embedding(t - start, self.wpe.weight)  # (B, C): one new position
         hidden = torch.arange(t + 1, device=idx.device) < start[:, None]  # (B, t + 1): before the item's start
-        bias = torch.zeros(B, 1, t + 1, dtype=x.dtype, device=x.device).masked_fill_(hidden[:, None], float("-inf"))
-        scale = 1.0 / math.sqrt(C // nh)
+        bias = torch.zeros(B, nh, 1, t + 1, dtype=x.dtype, device=x.device)
+        bias = bias.masked_fill_(hidden[:, None, None], float("-inf")).view(B * nh, 1, t + 1)
+        hs = C // nh
         for i, block in enumerate(self.blocks):
             attn, mlp = block.attn, block.mlp
             h = F.layer_norm(x, (C,), block.ln_1.weight, block.ln_1.bias)
-            q, k, v = F.linear(h, attn.c_attn.weight, attn.c_attn.bias).view(B, 3, nh, C // nh).unbind(1)  # (B, nh, hs)
+            q, k, v = F.linear(h, attn.c_attn.weight, attn.c_attn.bias).view(B, 3, nh, hs).unbind(1)  # (B, nh, hs)
             keys[i, :, :, t], values[i, :, :, t] = k, v
-            scores = (keys[i, :, :, : t + 1] @ q[..., None]).squeeze(-1) * scale + bias  # (B, nh, t + 1)
-            y = (scores.softmax(-1)[:, :, None] @ values[i, :, :, : t + 1]).view(B, C)  # (B, nh, 1, hs) -> (B, C)
+            past_k = keys[i, :, :, : t + 1].reshape(B * nh, t + 1, hs)  # views: batch and heads merge without a copy
+            past_v = values[i, :, :, : t + 1].reshape(B * nh, t + 1, hs)
+            scores = torch.baddbmm(bias, q.reshape(B * nh, 1, hs), past_k.transpose(1, 2), alpha=hs**-0.5)
+            y = torch.bmm(scores.softmax(-1), past_v).view(B, C)  # (B * nh, 1, hs) -> (B, C)
             x = x + F.linear(y, attn.c_proj.weight, attn.c_proj.bias)
             h = F.layer_norm(x, (C,), block.ln_2.weight, block.ln_2.bias)
             x = x + F.linear(F.gelu(F.linear(h, mlp[0].weight, mlp[0].bias)), mlp[2].weight, mlp[2].bias)
