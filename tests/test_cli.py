@@ -118,3 +118,20 @@ def test_console_script_entry_point(tmp_path):
     result = subprocess.run([sys.executable, "-m", "makemore", "train", "-i", str(tmp_path / "nope")],
                             capture_output=True, text=True)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_preset_sets_defaults_that_flags_still_override(tmp_path, names_file):
+    from makemore import cli
+
+    run_dir = tmp_path / "fast"
+    argv = ["train", "-i", str(names_file), "--model", "transformer", "--preset", "fast", "--n-embd", "16"]
+    assert cli.run(argv + ["--max-steps", "2", "--eval-every", "2", "-o", str(run_dir), "--samples", "0"]) == 0
+    spec = json.loads((run_dir / "run.json").read_text())
+    assert spec["model_config"]["n_layer"] == 2 and spec["model_config"]["n_embd"] == 16  # preset, then the flag
+    assert spec["train_config"]["time_budget"] == 90.0 and spec["train_config"]["max_steps"] == 2
+    result = subprocess.run(
+        [sys.executable, "-m", "makemore", "train", "-i", str(names_file), "--model", "mlp", "--preset", "fast"],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr

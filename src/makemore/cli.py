@@ -111,6 +111,13 @@ def build_train_parser(model_name: str, resume_spec: ckpt.RunSpec | None) -> Par
     run.add_argument("--force", action="store_true", help="overwrite an existing run directory")
     run.add_argument("--resume", metavar="RUN", help="continue a run exactly where it stopped")
     run.add_argument("--samples", type=int, default=20, help="samples to print at the end (default: 20)")
+    presets = MODELS[model_name].presets
+    run.add_argument(
+        "--preset",
+        choices=sorted(presets) or None,
+        help="named settings for another budget or data, under the flags given: "
+        + ("; ".join(f"{name}: {preset.summary}" for name, preset in presets.items()) or f"none for {model_name}"),
+    )
     base = model_train_defaults(model_name)
     if resume_spec is not None:
         base = config_mod.from_dict(TrainConfig, resume_spec.train_config, "run.json: train_config")
@@ -319,6 +326,8 @@ def train_command(argv: list[str], held: contextlib.ExitStack) -> int:
     model_config_class = MODELS[model_name].config_class
 
     if resume_spec is not None:
+        if args.preset:
+            raise MakemoreError("--preset is for a fresh run; a resumed run keeps its settings")
         if lr_auto:
             raise MakemoreError("--lr auto is for a fresh run; give a number to change the lr of a resumed run")
         given = [f.name for f in config_mod.dataclasses.fields(model_config_class) if hasattr(args, f.name)]
@@ -338,8 +347,15 @@ def train_command(argv: list[str], held: contextlib.ExitStack) -> int:
             if not splits["train"]:
                 raise MakemoreError(f"{run_dir}: train.txt is missing or empty; cannot resume")
     else:
-        train_config = config_mod.from_namespace(TrainConfig, args, model_train_defaults(model_name))
-        model_config = config_mod.from_namespace(model_config_class, args)
+        preset = MODELS[model_name].presets.get(args.preset) if args.preset else None
+        if args.preset and preset is None:
+            raise MakemoreError(f"--preset {args.preset}: {model_name} has no such preset")
+        train_base, model_base = model_train_defaults(model_name), model_config_class()
+        if preset is not None:
+            train_base = config_mod.replace(train_base, **preset.train)
+            model_base = config_mod.replace(model_base, **preset.model)
+        train_config = config_mod.from_namespace(TrainConfig, args, train_base)
+        model_config = config_mod.from_namespace(model_config_class, args, model_base)
         if args.max_item_len < 1 or not 0 <= args.samples <= 100_000:
             raise MakemoreError("--max-item-len must be >= 1 and --samples in 0..100000")
         mode, why = resolve_mode(args)

@@ -23,6 +23,17 @@ class ModelSpec:
     summary: str
     train_defaults: dict[str, Any] = field(default_factory=dict)  # recommended training settings for this model
     made_by: str = ""  # set for models that `makemore train` cannot make: the command that does
+    presets: dict[str, Preset] = field(default_factory=dict)  # `makemore train --preset NAME`
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named recommendation for another budget or data: model and training settings over the defaults (flags
+    given on the command line still win)."""
+
+    summary: str
+    model: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
 
 
 # The neural ladder's recommended training: at most 10 minutes (the quality targets' budget on a 2-core CPU; the
@@ -80,6 +91,12 @@ MODELS: dict[str, ModelSpec] = {
         "GPT-style decoder: pre-LN, causal self-attention (SDPA), learned positions, KV-cache decoding",
         # batch_size counts packed rows of ~2 names each (TrainConfig.pack)
         {**TEN_MINUTES, "lr": 3e-3, "max_steps": 15000, "batch_size": 32, "weight_decay": 0.1, "warmup_steps": 200},
+        presets={
+            # the best of the 90-second probes on names (2-core CPU): a shallower model learns faster at first
+            "fast": Preset(
+                "90 s of training: 2 layers, dropout 0.1", {"n_layer": 2, "dropout": 0.1}, {"time_budget": 90.0}
+            ),
+        },
     ),
     "mix": ModelSpec(
         MixConfig,
