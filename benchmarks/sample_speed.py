@@ -158,9 +158,11 @@ def main() -> None:
     parser.add_argument("--flags", action="append", default=[], help='model flags, e.g. "transformer=--n-embd 64"')
     parser.add_argument("--sizes", default="1,100,1000,10000", help="batch sizes N (default: 1,100,1000,10000)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1, as `makemore sample`)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-novelty", action="store_true", help="skip the nearest-item timing")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     sizes = [int(s) for s in args.sizes.split(",")]
     flags = {}
     for entry in args.flags:

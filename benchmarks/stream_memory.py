@@ -8,6 +8,8 @@ each step in a fresh Python process and prints that process's peak resident set 
   memmap     read_corpus with the ids on a memory-mapped temporary file (what happens above half the free memory);
              its pages count in RSS while resident, but they are file-backed: the kernel can drop them under pressure
   train      makemore train --mode stream: the neural bigram, 20 steps, evaluation of the whole val tail
+  train 1MB  the same on a 1 MB file: the libraries and buffers training touches whatever the data's size, so
+             that train minus train 1MB is what the data itself costs
 
     python benchmarks/stream_memory.py --mb 100
 
@@ -91,6 +93,18 @@ def main() -> None:
             baseline = rss if step == "baseline" else baseline
             extra = rss - baseline if baseline is not None else float("nan")
             print(f"{step:<10} {rss / 1e6:>8.0f}MB {extra / 1e6:>12.0f}MB {extra / size:>12.2f} {seconds:>8.1f}")
+            if step == "train":  # the same job on a 1 MB file: what training costs whatever the data's size
+                small = Path(work) / "small.txt"
+                make_text(small, 1.0)
+                small_rss, small_seconds = measure("train", small, Path(work))
+                print(
+                    f"{'train 1MB':<10} {small_rss / 1e6:>8.0f}MB {(small_rss - baseline) / 1e6:>12.0f}MB {'':>12} "
+                    f"{small_seconds:>8.1f}"
+                )
+                print(
+                    f"data-dependent memory of training: {(rss - small_rss) / 1e6:.0f} MB = "
+                    f"{(rss - small_rss) / size:.2f} x the file size (train minus train 1MB)"
+                )
 
 
 if __name__ == "__main__":

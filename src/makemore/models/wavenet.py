@@ -37,7 +37,7 @@ class WaveNetConfig:
     n_embd: int = field(32, "embedding size of a character")
     n_hidden: int = field(192, "channels of each fusion level")
     norm: str = field("batch", "normalisation before each tanh", choices=("batch", "layer", "none"))
-    dropout: float = field(0.2, "dropout after each level")
+    dropout: float = field(0.1, "dropout after each level")
 
     def __post_init__(self):
         check(1 <= self.n_layer <= 12, f"n_layer must be in 1..12, got {self.n_layer}")
