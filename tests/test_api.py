@@ -222,3 +222,48 @@ def test_beam_with_filters_and_particles(run_dir):
     assert run.sample(n=6, suffix="la", particles=8, seed=0, temperature=0.9) == items
     with pytest.raises(makemore.errors.MakemoreError, match="particles"):
         run.sample(n=2, particles=4, top_k=3)
+
+
+def exact_conditional(run, spec_test, max_len: int) -> dict[str, float]:
+    """p(x | constraint) for every string over the run's alphabet up to max_len, by enumeration."""
+    import itertools
+    import math
+
+    from makemore.scoring import score_items
+
+    alphabet = run.vocab.chars
+    strings = ["".join(c) for n in range(1, max_len + 1) for c in itertools.product(alphabet, repeat=n)]
+    possible = [s for s in strings if spec_test(s)]
+    scores = {r["item"]: math.exp(r["logprob"]) for r in score_items(run.model, run.vocab, possible)}
+    total = sum(scores.values())
+    return {item: p / total for item, p in scores.items()}
+
+
+def test_rejection_draws_exactly_from_the_model_conditioned_on_the_constraint(run_dir):
+    from collections import Counter
+
+    run = makemore.load(run_dir)
+    exact = exact_conditional(run, lambda s: s.endswith("a") and s.startswith("m"), 4)
+    n = 3000
+
+    def distance(conditioning: str) -> float:
+        result = run.generate(n, suffix="a", prefix="m", max_len=4, seed=0, conditioning=conditioning,
+                              nearest=False, logprobs=False)  # fmt: skip
+        items = [item["item"] for item in result.items]
+        assert len(items) == n and all(i.startswith("m") and i.endswith("a") and len(i) <= 4 for i in items)
+        counts = Counter(items)
+        return 0.5 * sum(abs(counts[item] / n - p) for item, p in exact.items())  # total variation
+
+    rejected, masked = distance("reject"), distance("mask")
+    assert rejected < 0.06 < masked  # sampling noise alone is about 0.03 here
+
+
+def test_auto_conditioning_rejects_then_masks_when_the_constraint_is_rare(run_dir):
+    run = makemore.load(run_dir)
+    common = run.generate(20, suffix="a", seed=1, nearest=False)
+    assert common.note is None and common.rejected.get("constraint not met (rejection)", 0) > 0
+    rare = run.generate(5, regex="vv.*bb", seed=1, nearest=False, max_len=12)  # pairs the names never have
+    assert len(rare.items) == 5 and all(re.fullmatch("vv.*bb", item["item"]) for item in rare.items)
+    assert "by masking" in rare.note
+    with pytest.raises(makemore.errors.MakemoreError, match="conditioning"):
+        run.generate(2, suffix="a", conditioning="guess")

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from . import checkpoint as ckpt
-from .constraints import Constraint, ConstraintSpec, Unsatisfiable, build_constraint
+from .constraints import Constraint, ConstraintSpec, Unsatisfiable, build_constraint, length_constraint
 from .errors import MakemoreError
 from .models import LanguageModel
 from .novelty import NoveltyIndex
@@ -33,6 +33,11 @@ from .scoring import score_items
 MAX_ROUND = 50_000  # most candidates drawn in one batch while filling a filtered request
 MAX_ITEMS, MAX_BEAM, MAX_ITEM_LEN = 100_000, 10_000, 1 << 16  # limits on n; beam, width, particles; max_len
 STALE_ROUNDS = 5  # give up after this many rounds in a row that add nothing
+# conditioning="auto": draw by rejection while at least this share of candidates meets the constraint (judged after
+# REJECT_PROBE candidates); below it, masking fills the rest (rejection would cost more than 200 candidates an item)
+REJECT_MIN_RATE = 0.005
+REJECT_PROBE = 2000
+CONDITIONING = ("auto", "reject", "mask")
 
 
 @dataclass
@@ -130,6 +135,7 @@ class Run:
         particles: int = 1,
         nearest: bool = True,
         logprobs: bool = True,
+        conditioning: str = "auto",
     ) -> SampleResult:
         """Generate items as dicts. With `beam`, the `beam` most probable items (n is ignored); else n samples.
 
@@ -145,6 +151,13 @@ class Run:
         early characters made the constraint hard to meet (e.g. long items that end in a rare suffix only when
         forced). `particles=M` corrects this by sequential Monte Carlo (sample.decode_smc): as M grows, items follow
         the model's own distribution (at `temperature`) conditioned on the constraint; it costs M times the work.
+
+        `conditioning`: "mask" as above; "reject" draws items given only the prefix (and the length bounds) and keeps
+        those that meet every constraint: exactly the model conditioned on the constraint, at the cost of the
+        candidates it discards; "auto" (default) rejects while at least 0.5% of candidates pass and masks the
+        rest, whenever there is more than a prefix and lengths to meet (those are masked exactly either way) and
+        neither greedy nor particles was asked for. An item drawn by rejection reports as `logprob` its log-prob
+        given the prefix.
         """
         if self.spec.data.get("mode") == "stream":
             raise MakemoreError(f"{self.path} is a stream-mode run: it continues text (makemore sample --prompt)")
@@ -166,6 +179,8 @@ class Run:
         _positive(min_distance, "min_distance")
         _positive(max_attempts, "max_attempts")
         _positive(particles, "particles", allow_none=False)
+        if conditioning not in CONDITIONING:
+            raise MakemoreError(f"conditioning must be one of {', '.join(CONDITIONING)}, got {conditioning!r}")
         if particles > 1 and (greedy or beam or top_k or top_p is not None):
             raise MakemoreError("particles (sequential Monte Carlo) works with sampling and temperature only")
         if not (length_penalty >= 0 and math.isfinite(length_penalty)):
@@ -214,21 +229,49 @@ class Run:
         generator = torch.Generator(device=self.model.device)
         generator.manual_seed(seed) if seed is not None else generator.seed()
         budget = max_attempts or max(1000, 100 * n)
-        filtering = only_new or unique or bool(exclude) or min_distance is not None
+        rejecting = conditioning == "reject" or (
+            conditioning == "auto" and not constraint.trivial and particles == 1 and not greedy
+        )
+        # candidates for rejection: the model given the prefix (and, unless empty items are allowed, not empty). Their
+        # end is forced one character past max_len, so every candidate short enough to pass ended on its own
+        proposal = length_constraint(self.vocab.size, constraint.max_len + 1, constraint.prefix_ids, min(min_len, 1))
+        filtering = only_new or unique or bool(exclude) or min_distance is not None or rejecting
+        tried_rejection = rejecting
         accepted: list[Generated] = []
         seen: set[str] = set()
         rejected: Counter[str] = Counter()
-        drawn = stale = 0
-        while len(accepted) < n and drawn < budget and stale < STALE_ROUNDS:
+        drawn = stale = by_rejection = met = 0
+        phase_drawn = phase_accepted = 0  # since the switch from rejection to masking (auto), if any
+        # rejection at the lowest rate it accepts needs 1 / REJECT_MIN_RATE candidates an item, filters aside
+        phase_budget = max(budget, math.ceil(1.25 * n / REJECT_MIN_RATE)) if rejecting and not max_attempts else budget
+        while len(accepted) < n:
             need = n - len(accepted)
-            rate = (len(accepted) + 1) / (drawn + 1) if drawn else 1.0
-            size = need if not filtering else min(budget - drawn, max(need, math.ceil(1.2 * need / rate)))
+            rate = (len(accepted) - phase_accepted + 1) / (phase_drawn + 1) if phase_drawn else 1.0
+            exhausted = phase_drawn >= phase_budget or stale >= STALE_ROUNDS
+            rare = phase_drawn >= min(REJECT_PROBE, phase_budget) and (met + 1) / (phase_drawn + 1) < REJECT_MIN_RATE
+            if rejecting and conditioning == "auto" and (exhausted or rare):
+                rejecting, stale = False, 0  # too rare to find by chance: mask for the rest
+                phase_drawn, phase_accepted, phase_budget = 0, len(accepted), budget
+                filtering = only_new or unique or bool(exclude) or min_distance is not None
+                continue
+            if exhausted:
+                break
+            size = need if not filtering else min(phase_budget - phase_drawn, max(need, math.ceil(1.2 * need / rate)))
+            if rejecting:
+                size = max(size, min(phase_budget - phase_drawn, REJECT_PROBE // 4))  # enough to see a rare match
             size = min(size, max(1, MAX_ROUND // particles))  # bounded memory per batch
-            if particles > 1:
+            if rejecting:
+                batch = decode(self.model, size, proposal, options, generator, logprobs)
+                matches = [constraint.accepts(g.ids) for g in batch]
+                met += sum(matches)
+                rejected["constraint not met (rejection)"] += len(batch) - sum(matches)
+                batch = [g for g, ok in zip(batch, matches) if ok]
+            elif particles > 1:
                 batch = decode_smc(self.model, size, particles, constraint, temperature, generator)
             else:
                 batch = decode(self.model, size, constraint, options, generator, logprobs)
             drawn += size
+            phase_drawn += size
             texts = [self.vocab.decode(g.ids) for g in batch]
             reasons = reject(texts)
             before = len(accepted)
@@ -240,6 +283,7 @@ class Run:
                     continue
                 seen.add(text)
                 accepted.append(generated)
+                by_rejection += rejecting
                 if len(accepted) == n:
                     break
             stale = stale + 1 if len(accepted) == before else 0
@@ -254,6 +298,10 @@ class Run:
                 else (f"gave up after {drawn} candidates" + (" (no progress)" if stale >= STALE_ROUNDS else ""))
             )
             note = f"found {len(accepted)} of {n} items: {stop}; rejected: {why or 'none'}"
+        if tried_rejection and by_rejection < len(accepted):
+            masked = len(accepted) - by_rejection
+            mixed = f"{by_rejection} items drawn by rejection (exact), {masked} by masking (the constraint is rare)"
+            note = f"{note}; {mixed}" if note else mixed
         return SampleResult(self._describe(accepted, nearest), n, drawn, dict(rejected), note)
 
     def _rejecter(

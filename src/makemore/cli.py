@@ -629,8 +629,11 @@ def build_sample_parser() -> Parser:
     parser.add_argument("--seed", type=int, default=None, help="seed for sampling (default: random)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default: cpu)")
     parser.add_argument(
-        "--threads", type=int, default=1, help="CPU threads (default: 1: a decoding step is many tiny ops, which a "
-        "second thread slows down, badly so when another process keeps a core busy)"
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads (default: 1: a decoding step is many tiny ops, which a "
+        "second thread slows down, badly so when another process keeps a core busy)",
     )
     decoding = parser.add_argument_group("decoding")
     decoding.add_argument("--temperature", type=float, default=1.0, help="< 1 sharper, > 1 more varied (default: 1)")
@@ -663,6 +666,15 @@ def build_sample_parser() -> Parser:
         metavar="M",
         help="sequential Monte Carlo with M particles per item: items follow the model conditioned on the "
         "constraints more closely than masking alone (M times the work; default: 1, masking alone)",
+    )
+    constraints.add_argument(
+        "--conditioning",
+        choices=("auto", "reject", "mask"),
+        default="auto",
+        help="how items meet suffix/contains/regex/charset constraints: reject = draw given the prefix and keep "
+        "those that match (exactly the model conditioned on the constraints); mask = mask each step (always fast; "
+        "skews towards items forced to match late); auto = reject while at least 0.5%% of draws match, then mask "
+        "(default: auto)",
     )
     filters = parser.add_argument_group("filters (more candidates are drawn until -n pass)")
     filters.add_argument("--only-new", action="store_true", help="keep only items in none of the data splits")
@@ -795,6 +807,7 @@ def cmd_sample(argv: list[str]) -> int:
         min_distance=args.min_distance,
         max_attempts=args.max_attempts,
         particles=args.particles,
+        conditioning=args.conditioning,
         nearest=args.format == "jsonl",
         logprobs=args.format != "plain",
     )
