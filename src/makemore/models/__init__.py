@@ -77,7 +77,7 @@ MODELS: dict[str, ModelSpec] = {
         GRUConfig,
         GRU,
         "Cho et al. 2014 gated recurrent unit (fused nn.GRU), stacked, dropout",
-        {**TEN_MINUTES, "lr": 3e-3, "max_steps": 20000, "batch_size": 64, "weight_decay": 0.01},
+        {**TEN_MINUTES, "lr": 3e-3, "max_steps": 20000, "batch_size": 64, "weight_decay": 0.1},
     ),
     "lstm": ModelSpec(
         LSTMConfig,

@@ -47,7 +47,8 @@ class RNNConfig(RecurrentConfig):
 
 @dataclass
 class GRUConfig(RecurrentConfig):
-    pass
+    # measured on names, 10 min: dropout 0.25 with weight decay 0.01 stalled at val 1.935; 0.3 with 0.1 reached 1.920
+    dropout: float = field(0.3, "dropout on the embeddings, between layers and before the output layer")
 
 
 @dataclass
