@@ -91,6 +91,8 @@ MODELS: dict[str, ModelSpec] = {
         "GPT-style decoder: pre-LN, causal self-attention (SDPA), learned positions, KV-cache decoding",
         # batch_size counts packed rows of ~2 names each (TrainConfig.pack)
         {**TEN_MINUTES, "lr": 3e-3, "max_steps": 15000, "batch_size": 32, "weight_decay": 0.1, "warmup_steps": 200},
+        # defaults (3 layers, dropout 0.1) measured on names in 10 min: val 1.9570; 4 layers with dropout 0.2: 1.9698,
+        # 2 layers: 1.9679
         presets={
             # the best of the 90-second probes on names (2-core CPU): a shallower model learns faster at first
             "fast": Preset(
