@@ -129,6 +129,7 @@ def test_preset_sets_defaults_that_flags_still_override(tmp_path, names_file):
     spec = json.loads((run_dir / "run.json").read_text())
     assert spec["model_config"]["n_layer"] == 2 and spec["model_config"]["n_embd"] == 16  # preset, then the flag
     assert spec["train_config"]["time_budget"] == 90.0 and spec["train_config"]["max_steps"] == 2
+    assert spec["train_config"]["batch_size"] == 64
     result = subprocess.run(
         [sys.executable, "-m", "makemore", "train", "-i", str(names_file), "--model", "mlp", "--preset", "fast"],
         capture_output=True,

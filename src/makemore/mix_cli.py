@@ -113,10 +113,8 @@ def _mix_streams(args: argparse.Namespace, runs: list[Path], specs: list, member
 
     first = specs[0].data
     for run, spec in zip(runs[1:], specs[1:]):
-        same = spec.data.get("sha256") == first.get("sha256") and spec.data.get("offsets", {}).get(
-            "val"
-        ) == first.get("offsets", {}).get("val")
-        if not same:
+        same_text = spec.data.get("sha256") == first.get("sha256")
+        if not same_text or spec.data.get("offsets", {}).get("val") != first.get("offsets", {}).get("val"):
             raise MakemoreError(f"{run}: trained on another text or split than {runs[0]}: mix runs of one text")
     data = dict(first, stateful=False, window=max(1, min(int(spec.data["window"]) for spec in specs) // 2))
     data["window_origin"] = "half the smallest member window (mix)"
