@@ -262,6 +262,49 @@ def test_batch_norm_train_and_eval(name):
         assert not torch.allclose(model(x)[0], first, atol=1e-4)
 
 
+@pytest.mark.parametrize("overrides", [{}, {"bias": False, "tie_weights": True}])
+def test_transformer_compiled_step_equals_the_pytorch_step(overrides):
+    """The small-batch kernel (transformer_kernel.py) gives the PyTorch step's logits, through boundary tokens
+    mid-row (a new item: positions restart, earlier keys hidden), a reorder, and the window slide."""
+    pytest.importorskip("numba")
+    model = make("transformer", **overrides)
+    train_steps(model, steps=5)
+    model.eval()
+    idx = random_tokens(4)
+    idx[:, 0] = BOUNDARY
+    idx[1, 4] = idx[2, 6] = BOUNDARY
+    rows = torch.tensor([3, 0, 2])
+    cut, length = 7, model.config.block_size + 3  # past block_size: the slid window is read by PyTorch
+    idx = idx.repeat(1, 2)[:, :length]
+    results = {}
+    with torch.no_grad():
+        for compiled in (False, True):
+            model.use_kernel = compiled
+            state, steps = model.init_state(4), []
+            for t in range(length):
+                if t == cut:
+                    state = model.reorder_state(state, rows)
+                logits, state = model.step(idx[:, t] if t < cut else idx[rows, t], state)
+                steps.append(logits[:3])
+            results[compiled] = torch.stack(steps, 1)
+    assert torch.allclose(results[True], results[False], atol=1e-5, rtol=1e-4)
+
+
+def test_transformer_kernel_follows_parameter_updates():
+    pytest.importorskip("numba")
+    model = make("transformer")
+    model.eval().use_kernel = True
+    token = torch.tensor([BOUNDARY])
+    with torch.no_grad():
+        before = model.step(token, model.init_state(1))[0].clone()
+        model.lm_head.weight.add_(0.5)  # in place, as an optimizer step or load_state_dict does
+        after = model.step(token, model.init_state(1))[0]
+        model.use_kernel = False
+        expected = model.step(token, model.init_state(1))[0]
+    assert not torch.allclose(before, after)
+    assert torch.allclose(after, expected, atol=1e-5)
+
+
 def test_transformer_step_does_not_recompute_the_prefix():
     model = make("transformer")
     model.eval()

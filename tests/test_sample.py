@@ -102,8 +102,9 @@ def test_an_item_does_not_depend_on_the_batch_it_is_drawn_in():
     assert [g.ids for g in decode(model, 40, c, DecodeOptions(), seeded(11), details=False)] == many
 
 
+@pytest.mark.parametrize("n", [3, 24])  # 3: the small-batch path (sample._decode_small), 24: the batched one
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_incremental_batched_sampling_equals_naive_recompute(name):
+def test_incremental_batched_sampling_equals_naive_recompute(name, n):
     """Same seed: the stateful, shrinking-batch decoder gives the very items of the whole-prefix-every-step path,
     for every registered model (each one's own incremental state: context window, recurrent state, KV cache)."""
     torch.manual_seed(0)
@@ -117,9 +118,23 @@ def test_incremental_batched_sampling_equals_naive_recompute(name):
         ),
     ):
         for options in (DecodeOptions(), DecodeOptions(temperature=0.7, top_k=4), DecodeOptions(greedy=True)):
-            fast = [g.ids for g in decode(model, 24, constraint, options, seeded(3), details=False)]
-            naive = generate_recompute(model, 24, constraint, options, seeded(3))
+            fast = [g.ids for g in decode(model, n, constraint, options, seeded(3), details=False)]
+            naive = generate_recompute(model, n, constraint, options, seeded(3))
             assert fast == naive, (name, options)
+
+
+def test_compiled_transformer_decoding_gives_the_same_items():
+    """The small-batch kernel changes speed, not samples: same seed, same items and log-probs."""
+    pytest.importorskip("numba")
+    torch.manual_seed(0)
+    model = tiny_model("transformer", 7)
+    constraint = length_constraint(7, 9, prefix_ids=[2])
+    results = []
+    for compiled in (False, True):
+        model.use_kernel = compiled
+        items = decode(model, 6, constraint, DecodeOptions(temperature=0.9), seeded(5))
+        results.append([(g.ids, round(g.model_logprob, 4)) for g in items])
+    assert results[0] == results[1]
 
 
 def test_finished_rows_leave_the_batch():
@@ -139,8 +154,9 @@ def test_finished_rows_leave_the_batch():
     assert len(sizes) - 1 == lengths[-1]  # one step per character of the longest item, no more
 
 
+@pytest.mark.parametrize("n", [5, 20])  # the small-batch path and the batched one
 @pytest.mark.parametrize("name", ["ngram", "bigram", "mlp"])
-def test_reported_logprobs_match_the_scorer(name):
+def test_reported_logprobs_match_the_scorer(name, n):
     """The per-step log-probs collected while sampling equal a separate forward pass over the finished items."""
     vocab = Vocab(list("abcdef"))
     model = build_model(
@@ -153,7 +169,7 @@ def test_reported_logprobs_match_the_scorer(name):
     if not model.trainable:
         model.fit(LineSplit(TINY_ITEMS + ["fed", "dee"], vocab))
     model.eval()
-    outputs = decode(model, 20, length_constraint(vocab.size, 40, prefix_ids=[1]), DecodeOptions(), seeded(2))
+    outputs = decode(model, n, length_constraint(vocab.size, 40, prefix_ids=[1]), DecodeOptions(), seeded(2))
     scores = score_items(model, vocab, [vocab.decode(g.ids) for g in outputs])
     for g, s in zip(outputs, scores):
         assert g.model_logprob == pytest.approx(s["logprob"], abs=1e-4)

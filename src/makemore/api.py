@@ -234,7 +234,7 @@ class Run:
         )
         # candidates for rejection: the model given the prefix (and, unless empty items are allowed, not empty). Their
         # end is forced one character past max_len, so every candidate short enough to pass ended on its own
-        proposal = length_constraint(self.vocab.size, constraint.max_len + 1, constraint.prefix_ids, min(min_len, 1))
+        proposal = None
         filtering = only_new or unique or bool(exclude) or min_distance is not None or rejecting
         tried_rejection = rejecting
         accepted: list[Generated] = []
@@ -261,6 +261,10 @@ class Run:
                 size = max(size, min(phase_budget - phase_drawn, REJECT_PROBE // 4))  # enough to see a rare match
             size = min(size, max(1, MAX_ROUND // particles))  # bounded memory per batch
             if rejecting:
+                if proposal is None:
+                    proposal = length_constraint(
+                        self.vocab.size, constraint.max_len + 1, constraint.prefix_ids, min(min_len, 1)
+                    )
                 batch = decode(self.model, size, proposal, options, generator, logprobs)
                 matches = [constraint.accepts(g.ids) for g in batch]
                 met += sum(matches)

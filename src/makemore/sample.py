@@ -35,6 +35,8 @@ from .constraints import Constraint, length_constraint
 from .data import BOUNDARY
 from .models import LanguageModel
 
+SMALL_BATCH = 8  # decodes of at most this many rows on the CPU take `_decode_small`
+
 
 @dataclass
 class DecodeOptions:
@@ -97,6 +99,8 @@ def _prime(model: LanguageModel, n: int, prefix: list[int], device: torch.device
         if logits is not None:
             prefix_logprobs.append(float(torch.log_softmax(logits.double(), dim=-1)[0, token]))
         logits, state = model.step(torch.full((1,), token, dtype=torch.long, device=device), state)
+    if n == 1:
+        return logits, state, prefix_logprobs
     rows = torch.zeros(n, dtype=torch.long, device=device)
     return logits.expand(n, -1), model.reorder_state(state, rows), prefix_logprobs
 
@@ -126,6 +130,8 @@ def decode(
         model.eval()
     device = model.device
     constraint = constraint.to(device)
+    if n <= SMALL_BATCH and device.type == "cpu":
+        return _decode_small(model, n, constraint, options, generator, details)
     prefix = constraint.prefix_ids
     logits, state, prefix_logprobs = _prime(model, n, prefix, device)
     V = logits.size(-1)
@@ -170,6 +176,59 @@ def decode(
             done = None
         logits, state = model.step(next_ids, state)
     return _collect(prefix, tokens, model_lp, masked_lp, prefix_logprobs, details)
+
+
+def _decode_small(
+    model: LanguageModel,
+    n: int,
+    constraint: Constraint,
+    options: DecodeOptions,
+    generator: torch.Generator | None,
+    details: bool,
+) -> list[Generated]:
+    """`decode` for a few rows on the CPU: the same items from the same random numbers, with the per-step
+    bookkeeping in NumPy, since at this size a step costs its number of calls, not their arithmetic (one item at a
+    time is interactive use). Rows that end ride along to the last one; the random numbers of every step are drawn
+    before the first (the same stream: torch's CPU generator fills a tensor serially)."""
+    prefix = constraint.prefix_ids
+    logits, state, prefix_logprobs = _prime(model, n, prefix, torch.device("cpu"))
+    V = logits.size(-1)
+    steps = constraint.max_len - len(prefix) + 1
+    noise = None if options.greedy else gumbel(torch.rand(steps, n, V, generator=generator)).numpy()  # (steps, n, V)
+    tokens = np.zeros((n, steps), dtype=np.int64)
+    model_lp = np.zeros((n, steps), dtype=np.float32) if details else None
+    masked_lp = np.zeros((n, steps), dtype=np.float32) if details else None
+    states = constraint.initial_states(n)
+    done = np.zeros(n, dtype=bool)
+    rows = np.arange(n)
+    for j in range(steps):
+        masked = _mask(logits, constraint, states, len(prefix) + j)
+        scores = filter_logits(masked, options).numpy()  # (n, V); the logits themselves unless options change them
+        next_ids = scores.argmax(1) if noise is None else (scores + noise[j]).argmax(1)
+        next_ids[done] = BOUNDARY  # an ended row's buffers stay BOUNDARY: its end holds
+        tokens[:, j] = next_ids
+        if details:
+            model_lp[:, j] = _log_softmax(logits.numpy())[rows, next_ids]
+            masked_lp[:, j] = model_lp[:, j] if masked is logits else _log_softmax(masked.numpy())[rows, next_ids]
+        done |= next_ids == BOUNDARY
+        if j == steps - 1 or done.all():
+            break
+        next_tensor = torch.from_numpy(next_ids)
+        if not constraint.trivial:
+            states = constraint.advance(states, next_tensor)
+        logits, state = model.step(next_tensor, state)
+    if not details:
+        return _collect(prefix, torch.from_numpy(tokens), None, None, prefix_logprobs, False)
+    return _collect(
+        prefix, torch.from_numpy(tokens), torch.from_numpy(model_lp), torch.from_numpy(masked_lp), prefix_logprobs, True
+    )
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Rows (B, V) in float64; a row with no allowed entry (an ended row's) gives nan, as torch's does."""
+    with np.errstate(invalid="ignore"):
+        shifted = logits.astype(np.float64) - logits.max(1, keepdims=True)
+        return shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
 
 
 @torch.inference_mode()

@@ -160,10 +160,16 @@ class LanguageModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        tensor = next(self.parameters(), None)  # the first one only: this is called every decoding call
-        if tensor is None:
-            tensor = next(self.buffers(), None)
-        return tensor.device if tensor is not None else torch.device("cpu")
+        # called by every decoding call: the first parameter (or buffer) is found once, its device read each time
+        # (moving a module keeps its parameter objects)
+        probe = self.__dict__.get("_device_probe")
+        if probe is None:
+            probe = next(self.parameters(), None)
+            probe = probe if probe is not None else next(self.buffers(), None)
+            if probe is None:
+                return torch.device("cpu")
+            self.__dict__["_device_probe"] = probe
+        return probe.device
 
 
 def map_state(fn: Any, state: Any) -> Any:

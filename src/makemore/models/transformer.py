@@ -13,10 +13,12 @@ can therefore hold several packed items (the trainer's `--pack`) and each is rea
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,6 +28,9 @@ from ..data import BOUNDARY
 from .base import Dropout, LanguageModel, segment_starts, sequence_nll
 
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values (B, n_head, t, head_size)
+
+KERNEL_MAX_ROWS = 8  # batches up to this size step through the compiled kernel (transformer_kernel.py) ...
+KERNEL_AFTER_DECODES = 8  # ... once this many decodes have started in the process (loading it costs ~0.5 s)
 
 
 @dataclass
@@ -120,6 +125,11 @@ class Transformer(LanguageModel):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * c.n_layer))
         if c.tie_weights:
             self.lm_head.weight = self.wte.weight
+        # compiled small-batch step: None = automatic (after KERNEL_AFTER_DECODES decodes), True/False = always/never
+        self.use_kernel: bool | None = None
+        # decodes started, the weights as the kernel reads them (with the parameter versions they were read at), and
+        # the arrays the current decode steps with (None: PyTorch). A plain dict: nn.Module attribute writes are slow
+        self._decoding: dict[str, Any] = {"decodes": 0, "weights": None, "versions": None, "now": None}
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -178,40 +188,54 @@ class Transformer(LanguageModel):
             x, _ = block(x, allowed)
         return maps
 
-    # ----- incremental decoding: keys/values of every layer in preallocated buffers (L, B, n_head, block_size, hs)
-    # that each step writes one position of, the last tokens (to re-read a slid window), and where each row's current
-    # item started (a boundary token restarts positions and hides everything before it). One query per step needs no
-    # fused attention kernel, and calling the functional ops directly skips nn.Module overhead, which dominates at
-    # batch size 1. A step writes into the buffers of the state it is given: a state is consumed by `step` (every
-    # caller continues from the returned state, and `reorder_state` copies).
+    # ----- incremental decoding. The state: keys/values of every layer in preallocated buffers (L, B, n_head,
+    # block_size, hs) that each step writes one position of; the tokens read so far in a (B, block_size) buffer (to
+    # re-read the window once it slides); t, how many positions are in use; and where each row's current item
+    # started (a boundary token restarts positions and hides everything before it). One query per step needs no
+    # fused attention kernel, and calling the functional ops directly skips nn.Module overhead. A step writes into
+    # the buffers of the state it is given: a state is consumed by `step` (callers continue from the returned
+    # state, and `reorder_state` copies). Small batches on the CPU step through the compiled kernel instead.
     def init_state(self, batch_size: int) -> dict[str, Any]:
-        device = self.device
+        decoding = self._decoding
+        decoding["decodes"] += 1
+        decoding["now"] = self._kernel_arrays() if self._kernel_wanted() else None  # the weights, for this decode
         return {
-            "tokens": torch.empty(batch_size, 0, dtype=torch.long, device=device),
+            "t": 0,
+            "tokens": None,  # (B, block_size), allocated with the cache on the first step
             "k": None,
             "v": None,
-            "start": torch.zeros(batch_size, dtype=torch.long, device=device),
+            "start": torch.zeros(batch_size, dtype=torch.long, device=self.device),
         }
 
-    def _empty_cache(self, batch_size: int, like: torch.Tensor) -> torch.Tensor:
-        c = self.config
+    def _new_cache(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        c, like = self.config, self.wte.weight
         # empty, not zeros: a step reads only the positions written before it
-        return like.new_empty(c.n_layer, batch_size, c.n_head, c.block_size, c.n_embd // c.n_head)
+        shape = (c.n_layer, batch_size, c.n_head, c.block_size, c.n_embd // c.n_head)
+        tokens = torch.empty(batch_size, c.block_size, dtype=torch.long, device=like.device)
+        return tokens, like.new_empty(shape), like.new_empty(shape)
 
     def step(self, idx: torch.Tensor, state: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         c = self.config
-        bs, nh = c.block_size, c.n_head
-        t = state["tokens"].size(1)  # positions already in the cache
-        tokens = torch.cat([state["tokens"], idx[:, None]], dim=1)[:, -bs:]  # (B, <= bs)
+        bs, nh, t = c.block_size, c.n_head, state["t"]  # t: positions already in the cache
         if t >= bs:  # the window slides: positions shift, so the cache is stale; read the window afresh
+            tokens = torch.cat([state["tokens"][:, 1:], idx[:, None]], dim=1)  # (B, bs)
             logits, cache = self._run(tokens)
             keys, values = torch.stack([k for k, _ in cache]), torch.stack([v for _, v in cache])  # (L, B, nh, bs, hs)
-            return logits[:, -1], {"tokens": tokens, "k": keys, "v": values, "start": state["start"]}
-        B, C = idx.size(0), c.n_embd
-        keys, values = state["k"], state["v"]
+            return logits[:, -1], {"t": t + 1, "tokens": tokens, "k": keys, "v": values, "start": state["start"]}
+        tokens, keys, values = state["tokens"], state["k"], state["v"]
         if keys is None:
-            keys, values = self._empty_cache(B, self.wte.weight), self._empty_cache(B, self.wte.weight)
-        start = torch.where(idx == BOUNDARY, t, state["start"])  # (B,)
+            tokens, keys, values = self._new_cache(idx.size(0))
+        state = {"t": t + 1, "tokens": tokens, "k": keys, "v": values, "start": state["start"]}
+        kernel_weights = self._decoding["now"]
+        if kernel_weights is not None and idx.size(0) <= KERNEL_MAX_ROWS and not torch.is_grad_enabled():
+            logits = _kernel().step_kernel(
+                idx.numpy(), t, state["start"].numpy(), tokens.numpy(), keys.numpy(), values.numpy(),
+                *kernel_weights, nh,
+            )  # fmt: skip
+            return torch.from_numpy(logits), state
+        tokens[:, t] = idx
+        start = state["start"] = torch.where(idx == BOUNDARY, t, state["start"])  # (B,)
+        B, C = idx.size(0), c.n_embd
         x = F.embedding(idx, self.wte.weight) + F.embedding(t - start, self.wpe.weight)  # (B, C): one new position
         hidden = torch.arange(t + 1, device=idx.device) < start[:, None]  # (B, t + 1): before the item's start
         bias = torch.zeros(B, nh, 1, t + 1, dtype=x.dtype, device=x.device)
@@ -230,20 +254,81 @@ class Transformer(LanguageModel):
             h = F.layer_norm(x, (C,), block.ln_2.weight, block.ln_2.bias)
             x = x + F.linear(F.gelu(F.linear(h, mlp[0].weight, mlp[0].bias)), mlp[2].weight, mlp[2].bias)
         x = F.layer_norm(x, (C,), self.ln_f.weight, self.ln_f.bias)
-        logits = F.linear(x, self.lm_head.weight)  # (B, V)
-        return logits, {"tokens": tokens, "k": keys, "v": values, "start": start}
+        return F.linear(x, self.lm_head.weight), state  # (B, V)
 
     def reorder_state(self, state: dict[str, Any], rows: torch.Tensor) -> dict[str, Any]:
-        keys, values = state["k"], state["v"]
+        tokens, keys, values = state["tokens"], state["k"], state["v"]
         if keys is not None:
-            t = min(state["tokens"].size(1), self.config.block_size)  # copy only the positions in use
-            new_keys, new_values = self._empty_cache(rows.numel(), keys), self._empty_cache(rows.numel(), values)
+            t = min(state["t"], self.config.block_size)  # copy only the positions in use
+            new_tokens, new_keys, new_values = self._new_cache(rows.numel())
+            new_tokens[:, :t] = tokens[:, :t].index_select(0, rows)
             new_keys[:, :, :, :t] = keys[:, :, :, :t].index_select(1, rows)
             new_values[:, :, :, :t] = values[:, :, :, :t].index_select(1, rows)
-            keys, values = new_keys, new_values
-        return {
-            "tokens": state["tokens"].index_select(0, rows),
-            "k": keys,
-            "v": values,
-            "start": state["start"].index_select(0, rows),
-        }
+            tokens, keys, values = new_tokens, new_keys, new_values
+        start = state["start"].index_select(0, rows)
+        return {"t": state["t"], "tokens": tokens, "k": keys, "v": values, "start": start}
+
+    def _kernel_wanted(self) -> bool:
+        """Whether small-batch steps of a decode starting now run compiled: CPU, float32, eval mode, policy."""
+        wanted = self.use_kernel if self.use_kernel is not None else self._decoding["decodes"] > KERNEL_AFTER_DECODES
+        return bool(
+            wanted
+            and _kernel() is not None
+            and not self.training
+            and not torch.is_grad_enabled()
+            and self.wte.weight.device.type == "cpu"
+            and self.wte.weight.dtype == torch.float32
+        )
+
+    def _kernel_arrays(self) -> tuple:
+        """The weights as the kernel reads them (matrices (in, out), per-layer ones stacked), rebuilt after any
+        parameter change (an optimizer step bumps the versions, `load_state_dict` too)."""
+        decoding = self._decoding
+        params = decoding.get("params") or decoding.setdefault("params", list(self.parameters()))
+        versions = [p._version for p in params] + [self.wte.weight.data_ptr()]  # moved: new data, all at once
+        if decoding["versions"] != versions:
+            c, blocks = self.config, self.blocks
+
+            def stack(get, transpose=False):
+                return np.stack([_array(get(b).t() if transpose else get(b)) for b in blocks])
+
+            def zeros_if_none(t, size):
+                return t if t is not None else torch.zeros(size)
+
+            arrays = (
+                _array(self.wte.weight),
+                _array(self.wpe.weight),
+                stack(lambda b: b.ln_1.weight),
+                stack(lambda b: zeros_if_none(b.ln_1.bias, c.n_embd)),
+                stack(lambda b: b.attn.c_attn.weight, transpose=True),
+                stack(lambda b: zeros_if_none(b.attn.c_attn.bias, 3 * c.n_embd)),
+                stack(lambda b: b.attn.c_proj.weight, transpose=True),
+                stack(lambda b: zeros_if_none(b.attn.c_proj.bias, c.n_embd)),
+                stack(lambda b: b.ln_2.weight),
+                stack(lambda b: zeros_if_none(b.ln_2.bias, c.n_embd)),
+                stack(lambda b: b.mlp[0].weight, transpose=True),
+                stack(lambda b: zeros_if_none(b.mlp[0].bias, 4 * c.n_embd)),
+                stack(lambda b: b.mlp[2].weight, transpose=True),
+                stack(lambda b: zeros_if_none(b.mlp[2].bias, c.n_embd)),
+                _array(self.ln_f.weight),
+                _array(zeros_if_none(self.ln_f.bias, c.n_embd)),
+                _array(self.lm_head.weight.t()),
+                np.zeros(self.lm_head.weight.size(0), dtype=np.float32),
+            )
+            decoding["weights"], decoding["versions"] = arrays, versions
+        return decoding["weights"]
+
+
+@functools.cache
+def _kernel() -> Any:
+    """The compiled-kernel module, imported on first use (importing Numba takes a while); None without Numba."""
+    try:
+        from . import transformer_kernel
+    except ImportError:
+        return None
+    return transformer_kernel
+
+
+def _array(tensor: torch.Tensor) -> np.ndarray:
+    """A contiguous float32 copy (a copy: the kernel must not see later in-place updates half-way)."""
+    return tensor.detach().float().contiguous().numpy().copy()
