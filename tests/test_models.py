@@ -262,30 +262,31 @@ def test_batch_norm_train_and_eval(name):
         assert not torch.allclose(model(x)[0], first, atol=1e-4)
 
 
+@pytest.mark.parametrize("batch", [4, 12])  # 4: the whole step compiled; 12: attention compiled, matmuls in PyTorch
 @pytest.mark.parametrize("overrides", [{}, {"bias": False, "tie_weights": True}])
-def test_transformer_compiled_step_equals_the_pytorch_step(overrides):
-    """The small-batch kernel (transformer_kernel.py) gives the PyTorch step's logits, through boundary tokens
+def test_transformer_compiled_step_equals_the_pytorch_step(overrides, batch):
+    """The compiled kernels (transformer_kernel.py) give the PyTorch step's logits, through boundary tokens
     mid-row (a new item: positions restart, earlier keys hidden), a reorder, and the window slide."""
     pytest.importorskip("numba")
     model = make("transformer", **overrides)
     train_steps(model, steps=5)
     model.eval()
-    idx = random_tokens(4)
+    idx = random_tokens(batch)
     idx[:, 0] = BOUNDARY
     idx[1, 4] = idx[2, 6] = BOUNDARY
-    rows = torch.tensor([3, 0, 2])
+    rows = torch.tensor([3, 0, 2] + list(range(4, batch)))
     cut, length = 7, model.config.block_size + 3  # past block_size: the slid window is read by PyTorch
     idx = idx.repeat(1, 2)[:, :length]
     results = {}
     with torch.no_grad():
         for compiled in (False, True):
             model.use_kernel = compiled
-            state, steps = model.init_state(4), []
+            state, steps = model.init_state(batch), []
             for t in range(length):
                 if t == cut:
                     state = model.reorder_state(state, rows)
                 logits, state = model.step(idx[:, t] if t < cut else idx[rows, t], state)
-                steps.append(logits[:3])
+                steps.append(logits[: rows.numel()])
             results[compiled] = torch.stack(steps, 1)
     assert torch.allclose(results[True], results[False], atol=1e-5, rtol=1e-4)
 
@@ -317,7 +318,7 @@ def test_transformer_step_does_not_recompute_the_prefix():
         for t in range(bs):
             _, state = model.step(torch.full((2,), t % V), state)
         assert full_reads == []
-        assert state["k"].shape[:4] == (model.config.n_layer, 2, model.config.n_head, bs)
+        assert state["k"].shape[:4] == (bs, model.config.n_layer, 2, model.config.n_head)
         assert bool((state["k"].abs().sum(-1) > 0).all())  # every position of every layer written, one per step
         model.step(torch.full((2,), 1), state)
     assert full_reads == [(2, bs)]

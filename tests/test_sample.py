@@ -150,8 +150,19 @@ def test_finished_rows_leave_the_batch():
     outputs = decode(model, 64, length_constraint(model.vocab_size, 30), DecodeOptions(), seeded(0))
     lengths = sorted(len(g.ids) for g in outputs)
     assert sizes[0] == 1  # the boundary is fed once, for one row, then copied
-    assert sizes[1:] == sorted(sizes[1:], reverse=True) and sizes[-1] < 64
+    assert sizes[1] <= model.vocab_size  # rows that drew the same first character share one state
+    peak = sizes.index(64)  # from there on a row per item, until items end
+    assert sizes[:peak] == sorted(sizes[:peak])
+    assert sizes[peak:] == sorted(sizes[peak:], reverse=True) and sizes[-1] < 64
     assert len(sizes) - 1 == lengths[-1]  # one step per character of the longest item, no more
+
+
+def test_rows_with_equal_items_so_far_share_one_state():
+    """Prefix sharing is exact: the items equal those drawn with a state per row (the naive path)."""
+    model = tiny_model("transformer", 7)
+    for constraint in (length_constraint(7, 9), length_constraint(7, 9, prefix_ids=[3])):
+        fast = [g.ids for g in decode(model, 200, constraint, DecodeOptions(), seeded(4), details=False)]
+        assert fast == generate_recompute(model, 200, constraint, DecodeOptions(), seeded(4))
 
 
 @pytest.mark.parametrize("n", [5, 20])  # the small-batch path and the batched one

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,6 +37,8 @@ from .data import BOUNDARY
 from .models import LanguageModel
 
 SMALL_BATCH = 8  # decodes of at most this many rows on the CPU take `_decode_small`
+COMPACT_AT = 0.25  # ended rows leave the batch once they are this fraction of it
+SHARE_UNTIL = 0.5  # rows share states until this fraction of them are distinct
 
 
 @dataclass
@@ -87,8 +90,8 @@ def choose(logits: torch.Tensor, options: DecodeOptions, noise: torch.Tensor | N
     return (filter_logits(logits, options) + noise).argmax(-1)
 
 
-def _prime(model: LanguageModel, n: int, prefix: list[int], device: torch.device):
-    """Feed the boundary and the prefix once (one row), then copy the state to n rows.
+def _prime(model: LanguageModel, n: int, prefix: list[int], device: torch.device, expand: bool = True):
+    """Feed the boundary and the prefix once (one row), then copy the state to n rows (unless not `expand`).
 
     Returns the next-token logits (n, V), the state, and the model's log-prob of each prefix character.
     """
@@ -99,8 +102,8 @@ def _prime(model: LanguageModel, n: int, prefix: list[int], device: torch.device
         if logits is not None:
             prefix_logprobs.append(float(torch.log_softmax(logits.double(), dim=-1)[0, token]))
         logits, state = model.step(torch.full((1,), token, dtype=torch.long, device=device), state)
-    if n == 1:
-        return logits, state, prefix_logprobs
+    if n == 1 or not expand:
+        return logits.expand(n, -1), state, prefix_logprobs
     rows = torch.zeros(n, dtype=torch.long, device=device)
     return logits.expand(n, -1), model.reorder_state(state, rows), prefix_logprobs
 
@@ -133,7 +136,8 @@ def decode(
     if n <= SMALL_BATCH and device.type == "cpu":
         return _decode_small(model, n, constraint, options, generator, details)
     prefix = constraint.prefix_ids
-    logits, state, prefix_logprobs = _prime(model, n, prefix, device)
+    logits, state, prefix_logprobs = _prime(model, n, prefix, device, expand=False)
+    parent = torch.zeros(n, dtype=torch.long, device=device)  # the state row of each batch row, while shared
     V = logits.size(-1)
     steps = constraint.max_len - len(prefix) + 1  # the last step can only emit the end token
     tokens = torch.zeros(n, steps, dtype=torch.long, device=device)  # BOUNDARY-filled: a row's end is its first 0
@@ -168,14 +172,36 @@ def decode(
         if not constraint.trivial:
             states = constraint.advance(states, next_ids)
         done = ended if n_ended else None
-        if n_ended * 4 >= B:  # compact once a quarter has ended: each reorder copies the state (a KV cache: all of it)
+        if n_ended >= B * COMPACT_AT:  # compact once enough have ended: each reorder copies the state (a KV cache)
             keep = (~ended).nonzero(as_tuple=True)[0]
             active, next_ids, states = active[keep], next_ids[keep], states[keep]
-            state = model.reorder_state(state, keep)
+            if parent is None:
+                state = model.reorder_state(state, keep)
+            else:
+                parent = parent[keep]
             B -= n_ended
             done = None
-        logits, state = model.step(next_ids, state)
+        if parent is None:
+            logits, state = model.step(next_ids, state)
+        else:
+            logits, state, parent = _shared_step(model, state, parent, next_ids, V)
     return _collect(prefix, tokens, model_lp, masked_lp, prefix_logprobs, details)
+
+
+def _shared_step(
+    model: LanguageModel, state: Any, parent: torch.Tensor, next_ids: torch.Tensor, V: int
+) -> tuple[torch.Tensor, Any, torch.Tensor | None]:
+    """One step for rows that share states: rows whose items so far are equal (all of them after the prefix, at
+    most V after one character, ...) have equal states, so each distinct (state row, token) pair is stepped once.
+    parent (B,): the state row of each batch row. Returns logits (B, V), the state, and the new parent, or None
+    once there is little left to share (over half the rows distinct): from then on the state has a row per row."""
+    pairs = parent * V + next_ids
+    distinct, inverse = torch.unique(pairs, return_inverse=True)  # (G,), (B,)
+    if distinct.numel() > SHARE_UNTIL * pairs.numel():
+        logits, state = model.step(next_ids, model.reorder_state(state, parent))
+        return logits, state, None
+    logits, state = model.step(distinct % V, model.reorder_state(state, distinct // V))
+    return logits.index_select(0, inverse), state, inverse
 
 
 def _decode_small(

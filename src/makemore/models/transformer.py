@@ -188,8 +188,8 @@ class Transformer(LanguageModel):
             x, _ = block(x, allowed)
         return maps
 
-    # ----- incremental decoding. The state: keys/values of every layer in preallocated buffers (L, B, n_head,
-    # block_size, hs) that each step writes one position of; the tokens read so far in a (B, block_size) buffer (to
+    # ----- incremental decoding. The state: keys/values of every layer in preallocated buffers (block_size, L, B,
+    # n_head, hs) that each step writes one position of; the tokens read so far in a (B, block_size) buffer (to
     # re-read the window once it slides); t, how many positions are in use; and where each row's current item
     # started (a boundary token restarts positions and hides everything before it). One query per step needs no
     # fused attention kernel, and calling the functional ops directly skips nn.Module overhead. A step writes into
@@ -210,7 +210,9 @@ class Transformer(LanguageModel):
     def _new_cache(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         c, like = self.config, self.wte.weight
         # empty, not zeros: a step reads only the positions written before it
-        shape = (c.n_layer, batch_size, c.n_head, c.block_size, c.n_embd // c.n_head)
+        # positions outermost: a step writes one contiguous slab, a reorder copies the slabs in use, and memory
+        # pages are touched only as positions fill (fresh pages cost a fault each: ~2 us per 4 KB)
+        shape = (c.block_size, c.n_layer, batch_size, c.n_head, c.n_embd // c.n_head)
         tokens = torch.empty(batch_size, c.block_size, dtype=torch.long, device=like.device)
         return tokens, like.new_empty(shape), like.new_empty(shape)
 
@@ -220,7 +222,8 @@ class Transformer(LanguageModel):
         if t >= bs:  # the window slides: positions shift, so the cache is stale; read the window afresh
             tokens = torch.cat([state["tokens"][:, 1:], idx[:, None]], dim=1)  # (B, bs)
             logits, cache = self._run(tokens)
-            keys, values = torch.stack([k for k, _ in cache]), torch.stack([v for _, v in cache])  # (L, B, nh, bs, hs)
+            keys = torch.stack([k for k, _ in cache]).permute(3, 0, 1, 2, 4).contiguous()  # (bs, L, B, nh, hs)
+            values = torch.stack([v for _, v in cache]).permute(3, 0, 1, 2, 4).contiguous()
             return logits[:, -1], {"t": t + 1, "tokens": tokens, "k": keys, "v": values, "start": state["start"]}
         tokens, keys, values = state["tokens"], state["k"], state["v"]
         if keys is None:
@@ -237,19 +240,26 @@ class Transformer(LanguageModel):
         start = state["start"] = torch.where(idx == BOUNDARY, t, state["start"])  # (B,)
         B, C = idx.size(0), c.n_embd
         x = F.embedding(idx, self.wte.weight) + F.embedding(t - start, self.wpe.weight)  # (B, C): one new position
-        hidden = torch.arange(t + 1, device=idx.device) < start[:, None]  # (B, t + 1): before the item's start
-        bias = torch.zeros(B, nh, 1, t + 1, dtype=x.dtype, device=x.device)
-        bias = bias.masked_fill_(hidden[:, None, None], float("-inf")).view(B * nh, 1, t + 1)
         hs = C // nh
+        if kernel_weights is not None:  # a large batch: attention (per row, tiny) compiled, the matmuls in PyTorch
+            arrays = (t, start.numpy(), keys.numpy(), values.numpy())
+        else:
+            hidden = torch.arange(t + 1, device=idx.device) < start[:, None]  # (B, t + 1): before the item's start
+            bias = torch.zeros(B, nh, 1, t + 1, dtype=x.dtype, device=x.device)
+            bias = bias.masked_fill_(hidden[:, None, None], float("-inf")).view(B * nh, 1, t + 1)
         for i, block in enumerate(self.blocks):
             attn, mlp = block.attn, block.mlp
             h = F.layer_norm(x, (C,), block.ln_1.weight, block.ln_1.bias)
-            q, k, v = F.linear(h, attn.c_attn.weight, attn.c_attn.bias).view(B, 3, nh, hs).unbind(1)  # (B, nh, hs)
-            keys[i, :, :, t], values[i, :, :, t] = k, v
-            past_k = keys[i, :, :, : t + 1].reshape(B * nh, t + 1, hs)  # views: batch and heads merge without a copy
-            past_v = values[i, :, :, : t + 1].reshape(B * nh, t + 1, hs)
-            scores = torch.baddbmm(bias, q.reshape(B * nh, 1, hs), past_k.transpose(1, 2), alpha=hs**-0.5)
-            y = torch.bmm(scores.softmax(-1), past_v).view(B, C)  # (B * nh, 1, hs) -> (B, C)
+            qkv = F.linear(h, attn.c_attn.weight, attn.c_attn.bias)  # (B, 3C)
+            if kernel_weights is not None:
+                y = torch.from_numpy(_kernel().attend(qkv.numpy(), *arrays, i, nh))  # (B, C)
+            else:
+                q, k, v = qkv.view(B, 3, nh, hs).unbind(1)  # (B, nh, hs) each
+                keys[t, i], values[t, i] = k, v
+                past_k = keys[: t + 1, i].permute(1, 2, 0, 3).reshape(B * nh, t + 1, hs)
+                past_v = values[: t + 1, i].permute(1, 2, 0, 3).reshape(B * nh, t + 1, hs)
+                scores = torch.baddbmm(bias, q.reshape(B * nh, 1, hs), past_k.transpose(1, 2), alpha=hs**-0.5)
+                y = torch.bmm(scores.softmax(-1), past_v).view(B, C)  # (B * nh, 1, hs) -> (B, C)
             x = x + F.linear(y, attn.c_proj.weight, attn.c_proj.bias)
             h = F.layer_norm(x, (C,), block.ln_2.weight, block.ln_2.bias)
             x = x + F.linear(F.gelu(F.linear(h, mlp[0].weight, mlp[0].bias)), mlp[2].weight, mlp[2].bias)
@@ -262,8 +272,8 @@ class Transformer(LanguageModel):
             t = min(state["t"], self.config.block_size)  # copy only the positions in use
             new_tokens, new_keys, new_values = self._new_cache(rows.numel())
             new_tokens[:, :t] = tokens[:, :t].index_select(0, rows)
-            new_keys[:, :, :, :t] = keys[:, :, :, :t].index_select(1, rows)
-            new_values[:, :, :, :t] = values[:, :, :, :t].index_select(1, rows)
+            torch.index_select(keys[:t], 2, rows, out=new_keys[:t])  # [:t] of a contiguous buffer: contiguous
+            torch.index_select(values[:t], 2, rows, out=new_values[:t])
             tokens, keys, values = new_tokens, new_keys, new_values
         start = state["start"].index_select(0, rows)
         return {"t": state["t"], "tokens": tokens, "k": keys, "v": values, "start": start}

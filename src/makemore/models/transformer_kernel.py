@@ -60,8 +60,8 @@ def step_kernel(
 ):  # fmt: skip  # pragma: no cover - compiled
     """Logits (B, V) for tokens idx (B,) at cache position t < block_size, as `Transformer.step`.
 
-    Updates the state's arrays in place as `step` does: tokens (B, block_size) and keys/values (L, B, n_head,
-    block_size, head_size) at position t, and start (B,) (where each row's item began) at a boundary token.
+    Updates the state's arrays in place as `step` does: tokens (B, block_size) and keys/values (block_size, L, B,
+    n_head, head_size) at position t, and start (B,) (where each row's item began) at a boundary token.
     Matrices are stored (in, out); per-layer weights are stacked along a first axis of length L.
     """
     B = idx.shape[0]
@@ -90,13 +90,13 @@ def step_kernel(
             for head in range(n_head):
                 q0, k0, v0 = head * hs, C + head * hs, 2 * C + head * hs
                 for d in range(hs):
-                    keys[layer, b, head, t, d] = qkv[k0 + d]
-                    values[layer, b, head, t, d] = qkv[v0 + d]
+                    keys[t, layer, b, head, d] = qkv[k0 + d]
+                    values[t, layer, b, head, d] = qkv[v0 + d]
                 top = -3.0e38
                 for j in range(first, t + 1):  # positions before the item's start are hidden
                     s = 0.0
                     for d in range(hs):
-                        s += qkv[q0 + d] * keys[layer, b, head, j, d]
+                        s += qkv[q0 + d] * keys[j, layer, b, head, d]
                     scores[j] = s * scale
                     top = max(top, scores[j])
                 total = 0.0
@@ -106,7 +106,7 @@ def step_kernel(
                 for d in range(hs):
                     s = 0.0
                     for j in range(first, t + 1):
-                        s += scores[j] * values[layer, b, head, j, d]
+                        s += scores[j] * values[j, layer, b, head, d]
                     y[q0 + d] = s / total
             _linear(y, proj_w[layer], proj_b[layer], branch)
             for i in range(C):
@@ -121,3 +121,51 @@ def step_kernel(
         _layer_norm(x, lnf_w, lnf_b, h)
         _linear(h, head_w, head_b, logits[b])
     return logits
+
+
+@_jit
+def attend(qkv, t, start, keys, values, layer, n_head):  # pragma: no cover - compiled
+    """One query per row, for batches of any size: qkv (B, 3C) of this step's position t. Writes the keys and
+    values at position t of `layer` in the cache (block_size, L, B, n_head, head_size) and returns the attention
+    output (B, C) over positions start[b]..t of each row (as the PyTorch step's baddbmm/softmax/bmm). Loops run
+    position by position over contiguous (B, n_head, head_size) slabs of the cache, so the inner ones vectorise."""
+    B = qkv.shape[0]
+    C = qkv.shape[1] // 3
+    hs = C // n_head
+    scale = 1.0 / math.sqrt(hs)
+    new_k, new_v = keys[t, layer], values[t, layer]  # (B, n_head, hs)
+    for b in range(B):
+        for h in range(n_head):
+            for d in range(hs):
+                new_k[b, h, d] = qkv[b, C + h * hs + d]
+                new_v[b, h, d] = qkv[b, 2 * C + h * hs + d]
+    weights = np.empty((t + 1, B, n_head), np.float32)  # scores, then softmax weights (0 before an item's start)
+    for j in range(t + 1):
+        k_j = keys[j, layer]
+        for b in range(B):
+            for h in range(n_head):
+                s = np.float32(0.0)
+                for d in range(hs):
+                    s += qkv[b, h * hs + d] * k_j[b, h, d]
+                weights[j, b, h] = s * scale
+    for b in range(B):
+        first = start[b]
+        for h in range(n_head):
+            top = np.float32(-3.0e38)
+            for j in range(first, t + 1):
+                top = max(top, weights[j, b, h])
+            total = np.float32(0.0)
+            for j in range(first, t + 1):
+                weights[j, b, h] = math.exp(weights[j, b, h] - top)
+                total += weights[j, b, h]
+            for j in range(t + 1):
+                weights[j, b, h] = weights[j, b, h] / total if j >= first else 0.0
+    out = np.zeros((B, C), np.float32)
+    for j in range(t + 1):
+        v_j = values[j, layer]
+        for b in range(B):
+            for h in range(n_head):
+                w = weights[j, b, h]
+                for d in range(hs):
+                    out[b, h * hs + d] += w * v_j[b, h, d]
+    return out
