@@ -306,6 +306,18 @@ def test_transformer_kernel_follows_parameter_updates():
     assert torch.allclose(after, expected, atol=1e-5)
 
 
+def test_transformer_steps_with_autograd_never_use_the_kernels():
+    """A decode set up for the kernels that is stepped with autograd on (to differentiate) stays in PyTorch."""
+    pytest.importorskip("numba")
+    model = make("transformer")
+    model.eval().use_kernel = True
+    with torch.no_grad():
+        state = model.init_state(12)
+    logits, _ = model.step(torch.full((12,), BOUNDARY), state)
+    logits.sum().backward()
+    assert model.lm_head.weight.grad is not None
+
+
 def test_transformer_step_does_not_recompute_the_prefix():
     model = make("transformer")
     model.eval()

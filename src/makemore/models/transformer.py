@@ -229,8 +229,8 @@ class Transformer(LanguageModel):
         if keys is None:
             tokens, keys, values = self._new_cache(idx.size(0))
         state = {"t": t + 1, "tokens": tokens, "k": keys, "v": values, "start": state["start"]}
-        kernel_weights = self._decoding["now"]
-        if kernel_weights is not None and idx.size(0) <= KERNEL_MAX_ROWS and not torch.is_grad_enabled():
+        kernel_weights = self._decoding["now"] if not torch.is_grad_enabled() else None  # kernels have no backward
+        if kernel_weights is not None and idx.size(0) <= KERNEL_MAX_ROWS:
             logits = _kernel().step_kernel(
                 idx.numpy(), t, state["start"].numpy(), tokens.numpy(), keys.numpy(), values.numpy(),
                 *kernel_weights, nh,
