@@ -224,6 +224,20 @@ def _decode_small(
     tokens = np.zeros((n, steps), dtype=np.int64)
     model_lp = np.zeros((n, steps), dtype=np.float32) if details else None
     masked_lp = np.zeros((n, steps), dtype=np.float32) if details else None
+    if constraint.trivial and options.top_k is None and options.top_p is None:  # the model may run it all at once
+        empty = np.zeros((0, n, V), dtype=np.float32)
+        compiled = model.sample_rows(
+            state, logits.contiguous().numpy(), empty if noise is None else noise, steps, len(prefix),
+            constraint.min_len, constraint.max_len, float(options.temperature), options.greedy,
+        )  # fmt: skip
+        if compiled is not None:
+            tokens, model_lp, masked_lp = compiled
+            if not details:
+                return _collect(prefix, torch.from_numpy(tokens), None, None, prefix_logprobs, False)
+            return _collect(
+                prefix, torch.from_numpy(tokens), torch.from_numpy(model_lp), torch.from_numpy(masked_lp),
+                prefix_logprobs, True,
+            )  # fmt: skip
     states = constraint.initial_states(n)
     done = np.zeros(n, dtype=bool)
     rows = np.arange(n)

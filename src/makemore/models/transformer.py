@@ -232,9 +232,8 @@ class Transformer(LanguageModel):
         kernel_weights = self._decoding["now"] if not torch.is_grad_enabled() else None  # kernels have no backward
         if kernel_weights is not None and idx.size(0) <= KERNEL_MAX_ROWS:
             logits = _kernel().step_kernel(
-                idx.numpy(), t, state["start"].numpy(), tokens.numpy(), keys.numpy(), values.numpy(),
-                *kernel_weights, nh,
-            )  # fmt: skip
+                idx.numpy(), t, state["start"].numpy(), tokens.numpy(), keys.numpy(), values.numpy(), kernel_weights, nh
+            )
             return torch.from_numpy(logits), state
         tokens[:, t] = idx
         start = state["start"] = torch.where(idx == BOUNDARY, t, state["start"])  # (B,)
@@ -277,6 +276,23 @@ class Transformer(LanguageModel):
             tokens, keys, values = new_tokens, new_keys, new_values
         start = state["start"].index_select(0, rows)
         return {"t": state["t"], "tokens": tokens, "k": keys, "v": values, "start": start}
+
+    def sample_rows(
+        self, state: dict[str, Any], logits: np.ndarray, noise: np.ndarray, steps: int, chars: int,
+        min_len: int, max_len: int, temperature: float, greedy: bool,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:  # fmt: skip
+        """A whole small decode in one compiled call (see `LanguageModel.sample_rows`), when the kernels are on
+        and the items cannot outgrow the window."""
+        weights = self._decoding["now"]
+        if weights is None or torch.is_grad_enabled() or state["k"] is None or logits.shape[0] > KERNEL_MAX_ROWS:
+            return None
+        if state["t"] + steps - 1 > self.config.block_size:  # the last step never feeds the model
+            return None
+        arrays = (state["start"].numpy(), state["tokens"].numpy(), state["k"].numpy(), state["v"].numpy())
+        return _kernel().sample_rows(
+            logits, noise, steps, chars, min_len, max_len, temperature, greedy, state["t"], *arrays, weights,
+            self.config.n_head,
+        )
 
     def _kernel_wanted(self) -> bool:
         """Whether small-batch steps of a decode starting now run compiled: CPU, float32, eval mode, policy."""

@@ -54,22 +54,13 @@ def _linear(x, weight_t, bias, out):  # pragma: no cover - compiled
 
 
 @_jit
-def step_kernel(
-    idx, t, start, tokens, keys, values, wte, wpe, ln1_w, ln1_b, attn_w, attn_b, proj_w, proj_b, ln2_w, ln2_b,
-    fc_w, fc_b, out_w, out_b, lnf_w, lnf_b, head_w, head_b, n_head,
-):  # fmt: skip  # pragma: no cover - compiled
-    """Logits (B, V) for tokens idx (B,) at cache position t < block_size, as `Transformer.step`.
-
-    Updates the state's arrays in place as `step` does: tokens (B, block_size) and keys/values (block_size, L, B,
-    n_head, head_size) at position t, and start (B,) (where each row's item began) at a boundary token.
-    Matrices are stored (in, out); per-layer weights are stacked along a first axis of length L.
-    """
-    B = idx.shape[0]
+def _step_row(token, b, t, start, tokens, keys, values, weights, n_head, out):  # pragma: no cover - compiled
+    """Row b of `step_kernel`: its logits into out (V,)."""
+    wte, wpe, ln1_w, ln1_b, attn_w, attn_b, proj_w, proj_b, ln2_w, ln2_b = weights[:10]
+    fc_w, fc_b, out_w, out_b, lnf_w, lnf_b, head_w, head_b = weights[10:]
     C = wte.shape[1]
     hs = C // n_head
-    L = attn_w.shape[0]
     scale = 1.0 / math.sqrt(hs)
-    logits = np.empty((B, head_w.shape[1]), np.float32)
     x = np.empty(C, np.float32)
     h = np.empty(C, np.float32)
     qkv = np.empty(3 * C, np.float32)
@@ -77,50 +68,112 @@ def step_kernel(
     branch = np.empty(C, np.float32)
     hidden = np.empty(fc_w.shape[2], np.float32)
     scores = np.empty(t + 1, np.float32)
-    for b in range(B):
-        tokens[b, t] = idx[b]
-        if idx[b] == 0:  # the boundary token: a new item starts here
-            start[b] = t
-        first = start[b]
-        for i in range(C):
-            x[i] = wte[idx[b], i] + wpe[t - first, i]
-        for layer in range(L):
-            _layer_norm(x, ln1_w[layer], ln1_b[layer], h)
-            _linear(h, attn_w[layer], attn_b[layer], qkv)
-            for head in range(n_head):
-                q0, k0, v0 = head * hs, C + head * hs, 2 * C + head * hs
+    tokens[b, t] = token
+    if token == 0:  # the boundary token: a new item starts here
+        start[b] = t
+    first = start[b]
+    for i in range(C):
+        x[i] = wte[token, i] + wpe[t - first, i]
+    for layer in range(attn_w.shape[0]):
+        _layer_norm(x, ln1_w[layer], ln1_b[layer], h)
+        _linear(h, attn_w[layer], attn_b[layer], qkv)
+        for head in range(n_head):
+            q0, k0, v0 = head * hs, C + head * hs, 2 * C + head * hs
+            for d in range(hs):
+                keys[t, layer, b, head, d] = qkv[k0 + d]
+                values[t, layer, b, head, d] = qkv[v0 + d]
+            top = -3.0e38
+            for j in range(first, t + 1):  # positions before the item's start are hidden
+                s = 0.0
                 for d in range(hs):
-                    keys[t, layer, b, head, d] = qkv[k0 + d]
-                    values[t, layer, b, head, d] = qkv[v0 + d]
-                top = -3.0e38
-                for j in range(first, t + 1):  # positions before the item's start are hidden
-                    s = 0.0
-                    for d in range(hs):
-                        s += qkv[q0 + d] * keys[j, layer, b, head, d]
-                    scores[j] = s * scale
-                    top = max(top, scores[j])
-                total = 0.0
+                    s += qkv[q0 + d] * keys[j, layer, b, head, d]
+                scores[j] = s * scale
+                top = max(top, scores[j])
+            total = 0.0
+            for j in range(first, t + 1):
+                scores[j] = math.exp(scores[j] - top)
+                total += scores[j]
+            for d in range(hs):
+                s = 0.0
                 for j in range(first, t + 1):
-                    scores[j] = math.exp(scores[j] - top)
-                    total += scores[j]
-                for d in range(hs):
-                    s = 0.0
-                    for j in range(first, t + 1):
-                        s += scores[j] * values[j, layer, b, head, d]
-                    y[q0 + d] = s / total
-            _linear(y, proj_w[layer], proj_b[layer], branch)
-            for i in range(C):
-                x[i] += branch[i]
-            _layer_norm(x, ln2_w[layer], ln2_b[layer], h)
-            _linear(h, fc_w[layer], fc_b[layer], hidden)
-            for i in range(hidden.shape[0]):  # exact GELU, as nn.GELU()
-                hidden[i] = 0.5 * hidden[i] * (1.0 + math.erf(hidden[i] * 0.7071067811865476))
-            _linear(hidden, out_w[layer], out_b[layer], branch)
-            for i in range(C):
-                x[i] += branch[i]
-        _layer_norm(x, lnf_w, lnf_b, h)
-        _linear(h, head_w, head_b, logits[b])
+                    s += scores[j] * values[j, layer, b, head, d]
+                y[q0 + d] = s / total
+        _linear(y, proj_w[layer], proj_b[layer], branch)
+        for i in range(C):
+            x[i] += branch[i]
+        _layer_norm(x, ln2_w[layer], ln2_b[layer], h)
+        _linear(h, fc_w[layer], fc_b[layer], hidden)
+        for i in range(hidden.shape[0]):  # exact GELU, as nn.GELU()
+            hidden[i] = 0.5 * hidden[i] * (1.0 + math.erf(hidden[i] * 0.7071067811865476))
+        _linear(hidden, out_w[layer], out_b[layer], branch)
+        for i in range(C):
+            x[i] += branch[i]
+    _layer_norm(x, lnf_w, lnf_b, h)
+    _linear(h, head_w, head_b, out)
+
+
+@_jit
+def step_kernel(idx, t, start, tokens, keys, values, weights, n_head):  # pragma: no cover - compiled
+    """Logits (B, V) for tokens idx (B,) at cache position t < block_size, as `Transformer.step`.
+
+    Updates the state's arrays in place as `step` does: tokens (B, block_size) and keys/values (block_size, L, B,
+    n_head, head_size) at position t, and start (B,) (where each row's item began) at a boundary token.
+    `weights`: the tuple `Transformer._kernel_arrays` builds (matrices stored (in, out); per-layer weights stacked
+    along a first axis of length L).
+    """
+    logits = np.empty((idx.shape[0], weights[16].shape[1]), np.float32)
+    for b in range(idx.shape[0]):
+        _step_row(idx[b], b, t, start, tokens, keys, values, weights, n_head, logits[b])
     return logits
+
+
+@numba.njit(cache=True)  # no fastmath: the choices must equal PyTorch's float32 arithmetic in sample._decode_small
+def sample_rows(logits, noise, steps, t, min_len, max_len, temperature, greedy, position, start, tokens, keys,
+                values, weights, n_head):  # fmt: skip  # pragma: no cover - compiled
+    """The whole decode of a few rows under lengths-only constraints, one compiled call: what
+    `sample._decode_small` does with `Transformer.step`, with the same random numbers and the same choices.
+
+    logits (n, V): the next-token logits after the prefix (t characters so far), the state's cache holding
+    `position` positions; noise (steps, n, V): Gumbel noise (unused when greedy). Each step masks the end token
+    before min_len characters and every character at max_len, divides by the temperature (unless 1), adds the
+    noise, and takes the first maximum. Returns the tokens (n, steps; 0 = end, then 0s) and, per token, the
+    model's log-prob and the masked (renormalised) log-prob.
+    """
+    n, V = logits.shape
+    out_tokens = np.zeros((n, steps), np.int64)
+    model_lp = np.zeros((n, steps), np.float32)
+    masked_lp = np.zeros((n, steps), np.float32)
+    for b in range(n):
+        row = logits[b].copy()
+        for j in range(steps):
+            chars = t + j
+            end_ok = chars >= min_len
+            char_ok = chars + 1 <= max_len
+            best, best_score = -1, np.float32(0.0)
+            top = -np.inf
+            for v in range(V):
+                top = max(top, np.float64(row[v]))
+            all_sum, allowed_sum = 0.0, 0.0
+            for v in range(V):
+                e = math.exp(np.float64(row[v]) - top)
+                all_sum += e
+                if end_ok if v == 0 else char_ok:
+                    allowed_sum += e
+                    score = row[v]
+                    if not greedy:
+                        if temperature != 1.0:
+                            score = score / np.float32(temperature)
+                        score = score + noise[j, b, v]
+                    if best < 0 or score > best_score:
+                        best, best_score = v, score
+            out_tokens[b, j] = best
+            picked = np.float64(row[best]) - top
+            model_lp[b, j] = picked - math.log(all_sum)
+            masked_lp[b, j] = picked - math.log(allowed_sum)
+            if best == 0 or j == steps - 1:
+                break
+            _step_row(best, b, position + j, start, tokens, keys, values, weights, n_head, row)
+    return out_tokens, model_lp, masked_lp
 
 
 @_jit
