@@ -215,29 +215,40 @@ def _decode_small(
     """`decode` for a few rows on the CPU: the same items from the same random numbers, with the per-step
     bookkeeping in NumPy, since at this size a step costs its number of calls, not their arithmetic (one item at a
     time is interactive use). Rows that end ride along to the last one; the random numbers of every step are drawn
-    before the first (the same stream: torch's CPU generator fills a tensor serially)."""
+    before the first (the same stream: torch's CPU generator fills a tensor serially). Under lengths-only
+    constraints and no top-k/top-p, a model may run the whole decode itself (`sample_rows`, e.g. compiled)."""
     prefix = constraint.prefix_ids
     logits, state, prefix_logprobs = _prime(model, n, prefix, torch.device("cpu"))
     V = logits.size(-1)
     steps = constraint.max_len - len(prefix) + 1
     noise = None if options.greedy else gumbel(torch.rand(steps, n, V, generator=generator)).numpy()  # (steps, n, V)
-    tokens = np.zeros((n, steps), dtype=np.int64)
-    model_lp = np.zeros((n, steps), dtype=np.float32) if details else None
-    masked_lp = np.zeros((n, steps), dtype=np.float32) if details else None
-    if constraint.trivial and options.top_k is None and options.top_p is None:  # the model may run it all at once
-        empty = np.zeros((0, n, V), dtype=np.float32)
-        compiled = model.sample_rows(
-            state, logits.contiguous().numpy(), empty if noise is None else noise, steps, len(prefix),
-            constraint.min_len, constraint.max_len, float(options.temperature), options.greedy,
+    result = None
+    if constraint.trivial and options.top_k is None and options.top_p is None:
+        result = model.sample_rows(
+            state, logits.contiguous().numpy(), np.zeros((0, n, V), np.float32) if noise is None else noise, steps,
+            len(prefix), constraint.min_len, constraint.max_len, float(options.temperature), options.greedy,
         )  # fmt: skip
-        if compiled is not None:
-            tokens, model_lp, masked_lp = compiled
-            if not details:
-                return _collect(prefix, torch.from_numpy(tokens), None, None, prefix_logprobs, False)
-            return _collect(
-                prefix, torch.from_numpy(tokens), torch.from_numpy(model_lp), torch.from_numpy(masked_lp),
-                prefix_logprobs, True,
-            )  # fmt: skip
+    if result is None:
+        result = _small_steps(model, n, constraint, options, logits, state, noise, steps)
+    tokens, model_lp, masked_lp = (torch.from_numpy(a) for a in result)
+    return _collect(prefix, tokens, model_lp, masked_lp, prefix_logprobs, details)
+
+
+def _small_steps(
+    model: LanguageModel,
+    n: int,
+    constraint: Constraint,
+    options: DecodeOptions,
+    logits: torch.Tensor,
+    state: Any,
+    noise: np.ndarray | None,
+    steps: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The step loop of `_decode_small`: tokens, model log-probs and masked log-probs, each (n, steps)."""
+    prefix = constraint.prefix_ids
+    tokens = np.zeros((n, steps), dtype=np.int64)
+    model_lp = np.zeros((n, steps), dtype=np.float32)
+    masked_lp = np.zeros((n, steps), dtype=np.float32)
     states = constraint.initial_states(n)
     done = np.zeros(n, dtype=bool)
     rows = np.arange(n)
@@ -247,9 +258,8 @@ def _decode_small(
         next_ids = scores.argmax(1) if noise is None else (scores + noise[j]).argmax(1)
         next_ids[done] = BOUNDARY  # an ended row's buffers stay BOUNDARY: its end holds
         tokens[:, j] = next_ids
-        if details:
-            model_lp[:, j] = _log_softmax(logits.numpy())[rows, next_ids]
-            masked_lp[:, j] = model_lp[:, j] if masked is logits else _log_softmax(masked.numpy())[rows, next_ids]
+        model_lp[:, j] = _log_softmax(logits.numpy())[rows, next_ids]
+        masked_lp[:, j] = model_lp[:, j] if masked is logits else _log_softmax(masked.numpy())[rows, next_ids]
         done |= next_ids == BOUNDARY
         if j == steps - 1 or done.all():
             break
@@ -257,11 +267,7 @@ def _decode_small(
         if not constraint.trivial:
             states = constraint.advance(states, next_tensor)
         logits, state = model.step(next_tensor, state)
-    if not details:
-        return _collect(prefix, torch.from_numpy(tokens), None, None, prefix_logprobs, False)
-    return _collect(
-        prefix, torch.from_numpy(tokens), torch.from_numpy(model_lp), torch.from_numpy(masked_lp), prefix_logprobs, True
-    )
+    return tokens, model_lp, masked_lp
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
