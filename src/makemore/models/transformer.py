@@ -250,11 +250,11 @@ class Transformer(LanguageModel):
             attn, mlp = block.attn, block.mlp
             h = F.layer_norm(x, (C,), block.ln_1.weight, block.ln_1.bias)
             qkv = F.linear(h, attn.c_attn.weight, attn.c_attn.bias)  # (B, 3C)
+            q, k, v = qkv.view(B, 3, nh, hs).unbind(1)  # (B, nh, hs) each
+            keys[t, i], values[t, i] = k, v
             if kernel_weights is not None:
                 y = torch.from_numpy(_kernel().attend(qkv.numpy(), *arrays, i, nh))  # (B, C)
             else:
-                q, k, v = qkv.view(B, 3, nh, hs).unbind(1)  # (B, nh, hs) each
-                keys[t, i], values[t, i] = k, v
                 past_k = keys[: t + 1, i].permute(1, 2, 0, 3).reshape(B * nh, t + 1, hs)
                 past_v = values[: t + 1, i].permute(1, 2, 0, 3).reshape(B * nh, t + 1, hs)
                 scores = torch.baddbmm(bias, q.reshape(B * nh, 1, hs), past_k.transpose(1, 2), alpha=hs**-0.5)

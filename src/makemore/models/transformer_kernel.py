@@ -178,21 +178,21 @@ def sample_rows(logits, noise, steps, t, min_len, max_len, temperature, greedy, 
 
 @_jit
 def attend(qkv, t, start, keys, values, layer, n_head):  # pragma: no cover - compiled
-    """One query per row, for batches of any size: qkv (B, 3C) of this step's position t. Writes the keys and
-    values at position t of `layer` in the cache (block_size, L, B, n_head, head_size) and returns the attention
-    output (B, C) over positions start[b]..t of each row (as the PyTorch step's baddbmm/softmax/bmm). Loops run
-    position by position over contiguous (B, n_head, head_size) slabs of the cache, so the inner ones vectorise."""
-    B = qkv.shape[0]
+    """One query per row, for batches of any size: qkv (B, 3C) of this step's position t, whose keys and values
+    are already in the cache (block_size, L, B, n_head, head_size). Returns the attention output (B, C) over
+    positions start[b]..t of each row, as the PyTorch step's baddbmm/softmax/bmm. Each phase runs position by
+    position over contiguous (B, n_head, head_size) slabs of the cache, so the inner loops vectorise."""
     C = qkv.shape[1] // 3
-    hs = C // n_head
-    scale = 1.0 / math.sqrt(hs)
-    new_k, new_v = keys[t, layer], values[t, layer]  # (B, n_head, hs)
-    for b in range(B):
-        for h in range(n_head):
-            for d in range(hs):
-                new_k[b, h, d] = qkv[b, C + h * hs + d]
-                new_v[b, h, d] = qkv[b, 2 * C + h * hs + d]
-    weights = np.empty((t + 1, B, n_head), np.float32)  # scores, then softmax weights (0 before an item's start)
+    weights = _scores(qkv, t, keys, layer, n_head, np.float32(1.0 / math.sqrt(C // n_head)))
+    _softmax_from(weights, start)
+    return _mix(weights, values, layer, C)
+
+
+@_jit
+def _scores(qkv, t, keys, layer, n_head, scale):  # pragma: no cover - compiled
+    """(t + 1, B, n_head): query . key of each position, scaled. (keys[j, layer]: a contiguous slab.)"""
+    B, hs = qkv.shape[0], keys.shape[4]
+    scores = np.empty((t + 1, B, n_head), np.float32)
     for j in range(t + 1):
         k_j = keys[j, layer]
         for b in range(B):
@@ -200,21 +200,35 @@ def attend(qkv, t, start, keys, values, layer, n_head):  # pragma: no cover - co
                 s = np.float32(0.0)
                 for d in range(hs):
                     s += qkv[b, h * hs + d] * k_j[b, h, d]
-                weights[j, b, h] = s * scale
+                scores[j, b, h] = s * scale
+    return scores
+
+
+@_jit
+def _softmax_from(scores, start):  # pragma: no cover - compiled
+    """Softmax over positions, in place, of positions start[b].. of each row (0 weight before)."""
+    positions, B, n_head = scores.shape
     for b in range(B):
         first = start[b]
         for h in range(n_head):
             top = np.float32(-3.0e38)
-            for j in range(first, t + 1):
-                top = max(top, weights[j, b, h])
+            for j in range(first, positions):
+                top = max(top, scores[j, b, h])
             total = np.float32(0.0)
-            for j in range(first, t + 1):
-                weights[j, b, h] = math.exp(weights[j, b, h] - top)
-                total += weights[j, b, h]
-            for j in range(t + 1):
-                weights[j, b, h] = weights[j, b, h] / total if j >= first else 0.0
+            for j in range(first, positions):
+                scores[j, b, h] = math.exp(scores[j, b, h] - top)
+                total += scores[j, b, h]
+            for j in range(positions):
+                scores[j, b, h] = scores[j, b, h] / total if j >= first else np.float32(0.0)
+
+
+@_jit
+def _mix(weights, values, layer, C):  # pragma: no cover - compiled
+    """(B, C): the values of each position, weighted."""
+    positions, B, n_head = weights.shape
+    hs = C // n_head
     out = np.zeros((B, C), np.float32)
-    for j in range(t + 1):
+    for j in range(positions):
         v_j = values[j, layer]
         for b in range(B):
             for h in range(n_head):
