@@ -291,6 +291,35 @@ def test_transformer_compiled_step_equals_the_pytorch_step(overrides, batch):
     assert torch.allclose(results[True], results[False], atol=1e-5, rtol=1e-4)
 
 
+def test_transformer_reorders_that_drop_rows_share_the_cache_exactly():
+    """With the kernels on, dropping rows of a large batch copies no keys/values (the state maps rows into the
+    shared buffers); logits equal the PyTorch path's with copies, through a second reorder and a repeated row."""
+    pytest.importorskip("numba")
+    model = make("transformer")
+    train_steps(model, steps=5)
+    model.eval()
+    idx = random_tokens(16)
+    idx[:, 0] = BOUNDARY
+    idx[3, 5] = BOUNDARY
+    drops = {4: torch.tensor([0, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 13, 15]), 7: torch.arange(1, 12)}
+    repeat = {9: torch.tensor([0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9])}  # a repeated row: buffers of its own again
+    results = {}
+    with torch.no_grad():
+        for compiled in (False, True):
+            model.use_kernel = compiled
+            state, rows, out = model.init_state(16), torch.arange(16), []
+            for t in range(T):
+                for table in (drops, repeat):
+                    if t in table:
+                        state, rows = model.reorder_state(state, table[t]), rows[table[t]]
+                        if compiled and table is drops:
+                            assert state["rows"] is not None
+                logits, state = model.step(idx[rows, t], state)
+                out.append(logits[:11])
+            results[compiled] = torch.stack(out, 1)
+    assert torch.allclose(results[True], results[False], atol=1e-5, rtol=1e-4)
+
+
 def test_transformer_kernel_follows_parameter_updates():
     pytest.importorskip("numba")
     model = make("transformer")

@@ -30,6 +30,7 @@ from .base import Dropout, LanguageModel, segment_starts, sequence_nll
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values (B, n_head, t, head_size)
 
 KERNEL_MAX_ROWS = 8  # batches up to this size step through the compiled kernel (transformer_kernel.py) ...
+SHARE_ROWS = True  # with the kernels on, reorders that only drop rows share the cache (see the decoding notes)
 KERNEL_AFTER_DECODES = 8  # ... once this many decodes have started in the process (loading it costs ~0.5 s)
 
 
@@ -194,7 +195,9 @@ class Transformer(LanguageModel):
     # started (a boundary token restarts positions and hides everything before it). One query per step needs no
     # fused attention kernel, and calling the functional ops directly skips nn.Module overhead. A step writes into
     # the buffers of the state it is given: a state is consumed by `step` (callers continue from the returned
-    # state, and `reorder_state` copies). Small batches on the CPU step through the compiled kernel instead.
+    # state, and `reorder_state` copies). Small batches on the CPU step through the compiled kernel instead. With
+    # the kernels on, a reorder that only drops rows (finished items leaving a large batch) copies no cache: the
+    # state's "rows" then maps each row to its row in the shared buffers, which the attention kernel reads through.
     def init_state(self, batch_size: int) -> dict[str, Any]:
         decoding = self._decoding
         decoding["decodes"] += 1
@@ -205,6 +208,7 @@ class Transformer(LanguageModel):
             "k": None,
             "v": None,
             "start": torch.zeros(batch_size, dtype=torch.long, device=self.device),
+            "rows": None,  # (B,) the row of each row in k/v, when reorders shared them; None: row b is row b
         }
 
     def _new_cache(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -224,12 +228,15 @@ class Transformer(LanguageModel):
             logits, cache = self._run(tokens)
             keys = torch.stack([k for k, _ in cache]).permute(3, 0, 1, 2, 4).contiguous()  # (bs, L, B, nh, hs)
             values = torch.stack([v for _, v in cache]).permute(3, 0, 1, 2, 4).contiguous()
-            return logits[:, -1], {"t": t + 1, "tokens": tokens, "k": keys, "v": values, "start": state["start"]}
-        tokens, keys, values = state["tokens"], state["k"], state["v"]
+            state = {"t": t + 1, "tokens": tokens, "k": keys, "v": values, "start": state["start"], "rows": None}
+            return logits[:, -1], state
+        kernel_weights = self._decoding["now"] if not torch.is_grad_enabled() else None  # kernels have no backward
+        if state.get("rows") is not None and (kernel_weights is None or idx.size(0) <= KERNEL_MAX_ROWS):
+            state = self._copy_rows(state, torch.arange(idx.size(0)))  # only the attention kernel reads through rows
+        tokens, keys, values, rows = state["tokens"], state["k"], state["v"], state.get("rows")
         if keys is None:
             tokens, keys, values = self._new_cache(idx.size(0))
-        state = {"t": t + 1, "tokens": tokens, "k": keys, "v": values, "start": state["start"]}
-        kernel_weights = self._decoding["now"] if not torch.is_grad_enabled() else None  # kernels have no backward
+        state = {"t": t + 1, "tokens": tokens, "k": keys, "v": values, "start": state["start"], "rows": rows}
         if kernel_weights is not None and idx.size(0) <= KERNEL_MAX_ROWS:
             logits = _kernel().step_kernel(
                 idx.numpy(), t, state["start"].numpy(), tokens.numpy(), keys.numpy(), values.numpy(), kernel_weights, nh
@@ -241,7 +248,8 @@ class Transformer(LanguageModel):
         x = F.embedding(idx, self.wte.weight) + F.embedding(t - start, self.wpe.weight)  # (B, C): one new position
         hs = C // nh
         if kernel_weights is not None:  # a large batch: attention (per row, tiny) compiled, the matmuls in PyTorch
-            arrays = (t, start.numpy(), keys.numpy(), values.numpy())
+            physical = rows if rows is not None else torch.arange(B)
+            arrays = (t, start.numpy(), keys.numpy(), values.numpy(), physical.numpy())
         else:
             hidden = torch.arange(t + 1, device=idx.device) < start[:, None]  # (B, t + 1): before the item's start
             bias = torch.zeros(B, nh, 1, t + 1, dtype=x.dtype, device=x.device)
@@ -251,7 +259,11 @@ class Transformer(LanguageModel):
             h = F.layer_norm(x, (C,), block.ln_1.weight, block.ln_1.bias)
             qkv = F.linear(h, attn.c_attn.weight, attn.c_attn.bias)  # (B, 3C)
             q, k, v = qkv.view(B, 3, nh, hs).unbind(1)  # (B, nh, hs) each
-            keys[t, i], values[t, i] = k, v
+            if rows is None:
+                keys[t, i], values[t, i] = k, v
+            else:
+                keys[t, i].index_copy_(0, rows, k)
+                values[t, i].index_copy_(0, rows, v)
             if kernel_weights is not None:
                 y = torch.from_numpy(_kernel().attend(qkv.numpy(), *arrays, i, nh))  # (B, C)
             else:
@@ -266,16 +278,32 @@ class Transformer(LanguageModel):
         return F.linear(x, self.lm_head.weight), state  # (B, V)
 
     def reorder_state(self, state: dict[str, Any], rows: torch.Tensor) -> dict[str, Any]:
+        shareable = (
+            SHARE_ROWS
+            and state["k"] is not None
+            and self._decoding["now"] is not None
+            and rows.numel() > KERNEL_MAX_ROWS
+            and bool((rows[1:] > rows[:-1]).all())  # rows dropped, none repeated: no two rows write one buffer row
+        )
+        if not shareable:
+            return self._copy_rows(state, rows)
+        kept = rows if state.get("rows") is None else state.get("rows").index_select(0, rows)
+        tokens, start = state["tokens"].index_select(0, rows), state["start"].index_select(0, rows)
+        return {"t": state["t"], "tokens": tokens, "k": state["k"], "v": state["v"], "start": start, "rows": kept}
+
+    def _copy_rows(self, state: dict[str, Any], rows: torch.Tensor) -> dict[str, Any]:
+        """The state of `rows` in buffers of its own."""
         tokens, keys, values = state["tokens"], state["k"], state["v"]
         if keys is not None:
             t = min(state["t"], self.config.block_size)  # copy only the positions in use
+            physical = rows if state.get("rows") is None else state.get("rows").index_select(0, rows)
             new_tokens, new_keys, new_values = self._new_cache(rows.numel())
             new_tokens[:, :t] = tokens[:, :t].index_select(0, rows)
-            torch.index_select(keys[:t], 2, rows, out=new_keys[:t])  # [:t] of a contiguous buffer: contiguous
-            torch.index_select(values[:t], 2, rows, out=new_values[:t])
+            torch.index_select(keys[:t], 2, physical, out=new_keys[:t])  # [:t] of a contiguous buffer: contiguous
+            torch.index_select(values[:t], 2, physical, out=new_values[:t])
             tokens, keys, values = new_tokens, new_keys, new_values
         start = state["start"].index_select(0, rows)
-        return {"t": state["t"], "tokens": tokens, "k": keys, "v": values, "start": start}
+        return {"t": state["t"], "tokens": tokens, "k": keys, "v": values, "start": start, "rows": None}
 
     def sample_rows(
         self, state: dict[str, Any], logits: np.ndarray, noise: np.ndarray, steps: int, chars: int,
@@ -286,6 +314,8 @@ class Transformer(LanguageModel):
         weights = self._decoding["now"]
         if weights is None or torch.is_grad_enabled() or state["k"] is None or logits.shape[0] > KERNEL_MAX_ROWS:
             return None
+        if state.get("rows") is not None:
+            state = self._copy_rows(state, torch.arange(logits.shape[0]))
         if state["t"] + steps - 1 > self.config.block_size:  # the last step never feeds the model
             return None
         arrays = (state["start"].numpy(), state["tokens"].numpy(), state["k"].numpy(), state["v"].numpy())

@@ -177,19 +177,19 @@ def sample_rows(logits, noise, steps, t, min_len, max_len, temperature, greedy, 
 
 
 @_jit
-def attend(qkv, t, start, keys, values, layer, n_head):  # pragma: no cover - compiled
+def attend(qkv, t, start, keys, values, rows, layer, n_head):  # pragma: no cover - compiled
     """One query per row, for batches of any size: qkv (B, 3C) of this step's position t, whose keys and values
-    are already in the cache (block_size, L, B, n_head, head_size). Returns the attention output (B, C) over
-    positions start[b]..t of each row, as the PyTorch step's baddbmm/softmax/bmm. Each phase runs position by
-    position over contiguous (B, n_head, head_size) slabs of the cache, so the inner loops vectorise."""
+    are already in the cache (block_size, L, B', n_head, head_size), row b's at rows[b]. Returns the attention
+    output (B, C) over positions start[b]..t of each row, as the PyTorch step's baddbmm/softmax/bmm. Each phase
+    runs position by position over (B, n_head, head_size) slabs of the cache, so the inner loops vectorise."""
     C = qkv.shape[1] // 3
-    weights = _scores(qkv, t, keys, layer, n_head, np.float32(1.0 / math.sqrt(C // n_head)))
+    weights = _scores(qkv, t, keys, rows, layer, n_head, np.float32(1.0 / math.sqrt(C // n_head)))
     _softmax_from(weights, start)
-    return _mix(weights, values, layer, C)
+    return _mix(weights, values, rows, layer, C)
 
 
 @_jit
-def _scores(qkv, t, keys, layer, n_head, scale):  # pragma: no cover - compiled
+def _scores(qkv, t, keys, rows, layer, n_head, scale):  # pragma: no cover - compiled
     """(t + 1, B, n_head): query . key of each position, scaled. (keys[j, layer]: a contiguous slab.)"""
     B, hs = qkv.shape[0], keys.shape[4]
     scores = np.empty((t + 1, B, n_head), np.float32)
@@ -199,7 +199,7 @@ def _scores(qkv, t, keys, layer, n_head, scale):  # pragma: no cover - compiled
             for h in range(n_head):
                 s = np.float32(0.0)
                 for d in range(hs):
-                    s += qkv[b, h * hs + d] * k_j[b, h, d]
+                    s += qkv[b, h * hs + d] * k_j[rows[b], h, d]
                 scores[j, b, h] = s * scale
     return scores
 
@@ -223,7 +223,7 @@ def _softmax_from(scores, start):  # pragma: no cover - compiled
 
 
 @_jit
-def _mix(weights, values, layer, C):  # pragma: no cover - compiled
+def _mix(weights, values, rows, layer, C):  # pragma: no cover - compiled
     """(B, C): the values of each position, weighted."""
     positions, B, n_head = weights.shape
     hs = C // n_head
@@ -234,5 +234,5 @@ def _mix(weights, values, layer, C):  # pragma: no cover - compiled
             for h in range(n_head):
                 w = weights[j, b, h]
                 for d in range(hs):
-                    out[b, h * hs + d] += w * v_j[b, h, d]
+                    out[b, h * hs + d] += w * v_j[rows[b], h, d]
     return out
