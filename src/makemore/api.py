@@ -51,6 +51,41 @@ class SampleResult:
     note: str | None = None  # why fewer than `requested` items were found (None when all were)
 
 
+
+def _check_generate_args(
+    n: int, temperature: float, top_k: int | None, top_p: float | None, seed: int | None, beam: int | None,
+    beam_width: int | None, length_penalty: float, min_len: int, max_len: int | None, min_distance: int | None,
+    max_attempts: int | None, particles: int, greedy: bool, conditioning: str,
+) -> None:  # fmt: skip
+    """`Run.generate`'s arguments, checked: a one-line MakemoreError naming the first bad one."""
+    _positive(n, "n", allow_none=False)
+    # upper limits: a typo (an extra zero, a pasted number) should fail at once, not fill memory for minutes
+    for value, name, limit in ((n, "n", MAX_ITEMS), (beam, "beam", MAX_BEAM), (beam_width, "beam_width", MAX_BEAM),
+                               (particles, "particles", MAX_BEAM), (max_len, "max_len", MAX_ITEM_LEN)):  # fmt: skip
+        if value is not None and value > limit:
+            raise MakemoreError(f"{name} must be <= {limit:,}, got {value}")
+    if seed is not None and not 0 <= seed < 1 << 63:
+        raise MakemoreError(f"seed must be in 0..2**63-1, got {seed}")
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise MakemoreError(f"temperature must be > 0 and finite, got {temperature}")
+    _positive(top_k, "top_k")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise MakemoreError(f"top_p must be in (0, 1], got {top_p}")
+    _positive(beam, "beam")
+    _positive(beam_width, "beam_width")
+    _positive(min_distance, "min_distance")
+    _positive(max_attempts, "max_attempts")
+    _positive(particles, "particles", allow_none=False)
+    if conditioning not in CONDITIONING:
+        raise MakemoreError(f"conditioning must be one of {', '.join(CONDITIONING)}, got {conditioning!r}")
+    if particles > 1 and (greedy or beam or top_k or top_p is not None):
+        raise MakemoreError("particles (sequential Monte Carlo) works with sampling and temperature only")
+    if not (length_penalty >= 0 and math.isfinite(length_penalty)):
+        raise MakemoreError(f"length_penalty must be >= 0, got {length_penalty}")
+    if min_len < 0:
+        raise MakemoreError(f"min_len must be >= 0, got {min_len}")
+
+
 def _positive(value: float | None, name: str, allow_none: bool = True) -> None:
     if value is None and allow_none:
         return
@@ -161,32 +196,10 @@ class Run:
         """
         if self.spec.data.get("mode") == "stream":
             raise MakemoreError(f"{self.path} is a stream-mode run: it continues text (makemore sample --prompt)")
-        _positive(n, "n", allow_none=False)
-        # upper limits: a typo (an extra zero, a pasted number) should fail at once, not fill memory for minutes
-        for value, name, limit in ((n, "n", MAX_ITEMS), (beam, "beam", MAX_BEAM), (beam_width, "beam_width", MAX_BEAM),
-                                   (particles, "particles", MAX_BEAM), (max_len, "max_len", MAX_ITEM_LEN)):  # fmt: skip
-            if value is not None and value > limit:
-                raise MakemoreError(f"{name} must be <= {limit:,}, got {value}")
-        if seed is not None and not 0 <= seed < 1 << 63:
-            raise MakemoreError(f"seed must be in 0..2**63-1, got {seed}")
-        if not (temperature > 0 and math.isfinite(temperature)):
-            raise MakemoreError(f"temperature must be > 0 and finite, got {temperature}")
-        _positive(top_k, "top_k")
-        if top_p is not None and not 0 < top_p <= 1:
-            raise MakemoreError(f"top_p must be in (0, 1], got {top_p}")
-        _positive(beam, "beam")
-        _positive(beam_width, "beam_width")
-        _positive(min_distance, "min_distance")
-        _positive(max_attempts, "max_attempts")
-        _positive(particles, "particles", allow_none=False)
-        if conditioning not in CONDITIONING:
-            raise MakemoreError(f"conditioning must be one of {', '.join(CONDITIONING)}, got {conditioning!r}")
-        if particles > 1 and (greedy or beam or top_k or top_p is not None):
-            raise MakemoreError("particles (sequential Monte Carlo) works with sampling and temperature only")
-        if not (length_penalty >= 0 and math.isfinite(length_penalty)):
-            raise MakemoreError(f"length_penalty must be >= 0, got {length_penalty}")
-        if min_len < 0:
-            raise MakemoreError(f"min_len must be >= 0, got {min_len}")
+        _check_generate_args(
+            n, temperature, top_k, top_p, seed, beam, beam_width, length_penalty, min_len, max_len, min_distance,
+            max_attempts, particles, greedy, conditioning,
+        )  # fmt: skip
         requested = beam if beam is not None else n
         spec = ConstraintSpec(
             max_len=self.default_max_len if max_len is None else max_len,
@@ -205,25 +218,7 @@ class Run:
         reject = self._rejecter(only_new, exclude, min_distance)
 
         if beam is not None:
-            width = beam_width or beam
-            if width < beam:
-                raise MakemoreError(f"beam_width ({width}) must be at least beam ({beam})")
-            found = beam_search(
-                self.model,
-                beam,
-                constraint,
-                width=width,
-                length_penalty=length_penalty,
-                accept=lambda ids: not reject([self.vocab.decode(ids)])[0],
-            )
-            items = self._describe(found, nearest)
-            note = None
-            if len(items) < beam:
-                note = (
-                    f"beam search found {len(items)} items that satisfy {', '.join(spec.flags())}"
-                    f" with beam width {width}; a wider beam (beam_width) may find more"
-                )
-            return SampleResult(items, beam, drawn=len(items), note=note)
+            return self._beam(beam, beam_width or beam, length_penalty, constraint, spec, reject, nearest)
 
         options = DecodeOptions(temperature, top_k, top_p, greedy)
         generator = torch.Generator(device=self.model.device)
@@ -307,6 +302,36 @@ class Run:
             mixed = f"{by_rejection} items drawn by rejection (exact), {masked} by masking (the constraint is rare)"
             note = f"{note}; {mixed}" if note else mixed
         return SampleResult(self._describe(accepted, nearest), n, drawn, dict(rejected), note)
+
+    def _beam(
+        self,
+        beam: int,
+        width: int,
+        length_penalty: float,
+        constraint: Constraint,
+        spec: ConstraintSpec,
+        reject: Callable[[list[str]], list[str | None]],
+        nearest: bool,
+    ) -> SampleResult:
+        """The `beam` most probable items that satisfy the constraint and pass the filters (beam search)."""
+        if width < beam:
+            raise MakemoreError(f"beam_width ({width}) must be at least beam ({beam})")
+        found = beam_search(
+            self.model,
+            beam,
+            constraint,
+            width=width,
+            length_penalty=length_penalty,
+            accept=lambda ids: not reject([self.vocab.decode(ids)])[0],
+        )
+        items = self._describe(found, nearest)
+        note = None
+        if len(items) < beam:
+            note = (
+                f"beam search found {len(items)} items that satisfy {', '.join(spec.flags())}"
+                f" with beam width {width}; a wider beam (beam_width) may find more"
+            )
+        return SampleResult(items, beam, drawn=len(items), note=note)
 
     def _rejecter(
         self, only_new: bool, exclude: set[str], min_distance: int | None
