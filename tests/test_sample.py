@@ -150,6 +150,24 @@ def test_compiled_transformer_decoding_gives_the_same_items(options):
         assert (len(calls) == 1 + len(constraint.prefix_ids)) == once
 
 
+def test_without_numba_the_transformer_decodes_through_pytorch(monkeypatch):
+    """Numba is optional at run time: without it the kernels are never asked for, and items are the same."""
+    from makemore.models import transformer
+
+    torch.manual_seed(0)
+    model = tiny_model("transformer", 7)
+    constraint = length_constraint(7, 5)
+    expected = {}
+    for available in (True, False):
+        if not available:
+            monkeypatch.setattr(transformer, "_kernel", lambda: None)
+        model.use_kernel = available  # asked for even when unavailable
+        for n in (3, 12):  # the small-batch path and the batched one
+            items = [g.ids for g in decode(model, n, constraint, DecodeOptions(), seeded(1))]
+            assert expected.setdefault(n, items) == items
+    assert model._decoding["now"] is None
+
+
 def test_finished_rows_leave_the_batch():
     model = tiny_mlp()
     sizes: list[int] = []
