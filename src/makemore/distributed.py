@@ -16,6 +16,7 @@ averaged gradient equals the single-process gradient of the whole batch (sum of 
 from __future__ import annotations
 
 import atexit
+import datetime
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -96,6 +97,9 @@ def local_device(device: torch.device, info: DistInfo) -> torch.device:
     return device
 
 
+TEARDOWN_WAIT_S = 600  # how long a finished rank waits at exit for the others (rank 0 evaluates and samples)
+
+
 def setup(device: torch.device, environ: dict[str, str] | None = None) -> DistInfo:
     """Start the process group when launched by torchrun with more than one process; return who we are.
 
@@ -121,9 +125,20 @@ def setup(device: torch.device, environ: dict[str, str] | None = None) -> DistIn
 
 
 def teardown() -> None:
-    """Leave the process group (safe to call more than once, or without one)."""
+    """Leave the process group (safe to call more than once, or without one).
+
+    Ranks first wait for each other: rank 0 still evaluates and writes samples after training while the others are
+    done, and a rank that destroyed its group while a peer's connections were open was seen to abort at exit
+    ("terminate called without an active exception", SIGABRT: seen once in this project's CI)."""
     global _control_group
     if dist.is_available() and dist.is_initialized():
+        try:
+            if dist.get_backend() == "gloo":
+                dist.monitored_barrier(timeout=datetime.timedelta(seconds=TEARDOWN_WAIT_S))
+            else:
+                dist.barrier()
+        except Exception:  # a peer that died or hangs: leave anyway, torchrun reports the failure
+            pass
         dist.destroy_process_group()
     _control_group = None
 
