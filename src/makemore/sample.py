@@ -229,7 +229,7 @@ def _decode_small(
             len(prefix), constraint.min_len, constraint.max_len, float(options.temperature), options.greedy,
         )  # fmt: skip
     if result is None:
-        result = _small_steps(model, n, constraint, options, logits, state, noise, steps)
+        result = _small_steps(model, n, constraint, options, logits, state, noise, steps, details)
     tokens, model_lp, masked_lp = (torch.from_numpy(a) for a in result)
     return _collect(prefix, tokens, model_lp, masked_lp, prefix_logprobs, details)
 
@@ -243,8 +243,10 @@ def _small_steps(
     state: Any,
     noise: np.ndarray | None,
     steps: int,
+    details: bool,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The step loop of `_decode_small`: tokens, model log-probs and masked log-probs, each (n, steps)."""
+    """The step loop of `_decode_small`: tokens, model log-probs and masked log-probs (zeros unless `details`),
+    each (n, steps)."""
     prefix = constraint.prefix_ids
     tokens = np.zeros((n, steps), dtype=np.int64)
     model_lp = np.zeros((n, steps), dtype=np.float32)
@@ -258,8 +260,9 @@ def _small_steps(
         next_ids = scores.argmax(1) if noise is None else (scores + noise[j]).argmax(1)
         next_ids[done] = BOUNDARY  # an ended row's buffers stay BOUNDARY: its end holds
         tokens[:, j] = next_ids
-        model_lp[:, j] = _log_softmax(logits.numpy())[rows, next_ids]
-        masked_lp[:, j] = model_lp[:, j] if masked is logits else _log_softmax(masked.numpy())[rows, next_ids]
+        if details:
+            model_lp[:, j] = _log_softmax(logits.numpy())[rows, next_ids]
+            masked_lp[:, j] = model_lp[:, j] if masked is logits else _log_softmax(masked.numpy())[rows, next_ids]
         done |= next_ids == BOUNDARY
         if j == steps - 1 or done.all():
             break

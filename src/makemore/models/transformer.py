@@ -30,7 +30,6 @@ from .base import Dropout, LanguageModel, segment_starts, sequence_nll
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values (B, n_head, t, head_size)
 
 KERNEL_MAX_ROWS = 8  # batches up to this size step through the compiled kernel (transformer_kernel.py) ...
-SHARE_ROWS = True  # with the kernels on, reorders that only drop rows share the cache (see the decoding notes)
 KERNEL_AFTER_DECODES = 8  # ... once this many decodes have started in the process (loading it costs ~0.5 s)
 
 
@@ -279,8 +278,7 @@ class Transformer(LanguageModel):
 
     def reorder_state(self, state: dict[str, Any], rows: torch.Tensor) -> dict[str, Any]:
         shareable = (
-            SHARE_ROWS
-            and state["k"] is not None
+            state["k"] is not None
             and self._decoding["now"] is not None
             and rows.numel() > KERNEL_MAX_ROWS
             and bool((rows[1:] > rows[:-1]).all())  # rows dropped, none repeated: no two rows write one buffer row

@@ -121,7 +121,8 @@ def step_kernel(idx, t, start, tokens, keys, values, weights, n_head):  # pragma
     `weights`: the tuple `Transformer._kernel_arrays` builds (matrices stored (in, out); per-layer weights stacked
     along a first axis of length L).
     """
-    logits = np.empty((idx.shape[0], weights[16].shape[1]), np.float32)
+    head_w = weights[16]  # (C, V): the output layer, in `_kernel_arrays`' order
+    logits = np.empty((idx.shape[0], head_w.shape[1]), np.float32)
     for b in range(idx.shape[0]):
         _step_row(idx[b], b, t, start, tokens, keys, values, weights, n_head, logits[b])
     return logits
