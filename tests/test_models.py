@@ -320,6 +320,49 @@ def test_transformer_reorders_that_drop_rows_share_the_cache_exactly():
     assert torch.allclose(results[True], results[False], atol=1e-5, rtol=1e-4)
 
 
+def test_cache_pool_reuses_memory_only_once_no_state_holds_it():
+    from makemore.models.transformer import CachePool
+
+    pool, like = CachePool(1 << 20), torch.empty(0)
+    keys, values = pool.take((3, 5), 2, like)
+    assert keys.shape == values.shape == (3, 5) and keys.is_contiguous()
+    assert values.data_ptr() == keys.data_ptr() + 15 * 4  # one buffer, two parts
+    busy = pool.take((3, 5), 2, like)[0]
+    assert busy.data_ptr() != keys.data_ptr()  # in use: never handed out twice
+    first = keys.data_ptr()
+    del keys, values
+    assert pool.take((4, 4), 2, like)[0].data_ptr() == first  # free again, and big enough
+    assert pool.take((100, 100), 1, like)[0].numel() == 10_000  # over the limit: fresh, and not kept
+    assert pool._bytes() <= 1 << 20
+    nothing_kept = CachePool(0)
+    nothing_kept.take((3, 5), 2, like)
+    assert nothing_kept.entries == []
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_transformer_decodes_repeat_exactly_on_reused_cache_memory(compiled):
+    """Buffers that come back from the pool hold an earlier decode's keys and values: nothing may read them."""
+    from makemore.constraints import length_constraint
+    from makemore.sample import decode
+
+    if compiled:
+        pytest.importorskip("numba")
+    model = make("transformer")
+    train_steps(model, steps=5)
+    model.eval()
+    model.use_kernel = compiled
+    constraint = length_constraint(model.vocab_size, 12)
+
+    def items(seed: int) -> list[list[int]]:
+        return [g.ids for g in decode(model, 40, constraint, generator=torch.Generator().manual_seed(seed))]
+
+    first = items(0)
+    assert model._cache_pool.entries
+    for seed in (1, 2):  # fill the pooled buffers with other decodes' caches
+        items(seed)
+    assert items(0) == first
+
+
 def test_transformer_kernel_follows_parameter_updates():
     pytest.importorskip("numba")
     model = make("transformer")

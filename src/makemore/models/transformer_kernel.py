@@ -178,12 +178,31 @@ def sample_rows(logits, noise, steps, t, min_len, max_len, temperature, greedy, 
 
 
 @_jit
+def add_layer_norm(x, delta, weight, bias, out):  # pragma: no cover - compiled
+    """For batches of any size: x += delta (the residual branch; skipped when delta has no rows), then
+    out = LayerNorm(x), row by row. x, delta, out (B, C); the PyTorch step's add and layer_norm, in one pass."""
+    add = delta.shape[0] > 0
+    for b in range(x.shape[0]):
+        if add:
+            for i in range(x.shape[1]):
+                x[b, i] += delta[b, i]
+        _layer_norm(x[b], weight, bias, out[b])
+
+
+@_jit
 def attend(qkv, t, start, keys, values, rows, layer, n_head):  # pragma: no cover - compiled
-    """One query per row, for batches of any size: qkv (B, 3C) of this step's position t, whose keys and values
-    are already in the cache (block_size, L, B', n_head, head_size), row b's at rows[b]. Returns the attention
+    """One query per row, for batches of any size: qkv (B, 3C) of this step's position t. Writes its keys and
+    values into the cache (block_size, L, B', n_head, head_size), row b's at rows[b], then returns the attention
     output (B, C) over positions start[b]..t of each row, as the PyTorch step's baddbmm/softmax/bmm. Each phase
     runs position by position over (B, n_head, head_size) slabs of the cache, so the inner loops vectorise."""
     C = qkv.shape[1] // 3
+    hs = C // n_head
+    k_t, v_t = keys[t, layer], values[t, layer]
+    for b in range(qkv.shape[0]):
+        for h in range(n_head):
+            for d in range(hs):
+                k_t[rows[b], h, d] = qkv[b, C + h * hs + d]
+                v_t[rows[b], h, d] = qkv[b, 2 * C + h * hs + d]
     weights = _scores(qkv, t, keys, rows, layer, n_head, np.float32(1.0 / math.sqrt(C // n_head)))
     _softmax_from(weights, start)
     return _mix(weights, values, rows, layer, C)
