@@ -59,45 +59,24 @@ def _step_row(token, b, t, start, tokens, keys, values, weights, n_head, out):  
     wte, wpe, ln1_w, ln1_b, attn_w, attn_b, proj_w, proj_b, ln2_w, ln2_b = weights[:10]
     fc_w, fc_b, out_w, out_b, lnf_w, lnf_b, head_w, head_b = weights[10:]
     C = wte.shape[1]
-    hs = C // n_head
-    scale = 1.0 / math.sqrt(hs)
     x = np.empty(C, np.float32)
     h = np.empty(C, np.float32)
     qkv = np.empty(3 * C, np.float32)
     y = np.empty(C, np.float32)
     branch = np.empty(C, np.float32)
     hidden = np.empty(fc_w.shape[2], np.float32)
-    scores = np.empty(t + 1, np.float32)
+    scores = np.empty((n_head, t + 1), np.float32)
     tokens[b, t] = token
     if token == 0:  # the boundary token: a new item starts here
         start[b] = t
     first = start[b]
     for i in range(C):
         x[i] = wte[token, i] + wpe[t - first, i]
+    k3, v3 = _rows_of(keys), _rows_of(values)
     for layer in range(attn_w.shape[0]):
         _layer_norm(x, ln1_w[layer], ln1_b[layer], h)
         _linear(h, attn_w[layer], attn_b[layer], qkv)
-        for head in range(n_head):
-            q0, k0, v0 = head * hs, C + head * hs, 2 * C + head * hs
-            for d in range(hs):
-                keys[t, layer, b, head, d] = qkv[k0 + d]
-                values[t, layer, b, head, d] = qkv[v0 + d]
-            top = -3.0e38
-            for j in range(first, t + 1):  # positions before the item's start are hidden
-                s = 0.0
-                for d in range(hs):
-                    s += qkv[q0 + d] * keys[j, layer, b, head, d]
-                scores[j] = s * scale
-                top = max(top, scores[j])
-            total = 0.0
-            for j in range(first, t + 1):
-                scores[j] = math.exp(scores[j] - top)
-                total += scores[j]
-            for d in range(hs):
-                s = 0.0
-                for j in range(first, t + 1):
-                    s += scores[j] * values[j, layer, b, head, d]
-                y[q0 + d] = s / total
+        _attend_row(qkv, t, first, k3, v3, layer, b, n_head, scores, y)
         _linear(y, proj_w[layer], proj_b[layer], branch)
         for i in range(C):
             x[i] += branch[i]
@@ -190,69 +169,63 @@ def add_layer_norm(x, delta, weight, bias, out):  # pragma: no cover - compiled
 
 
 @_jit
+def _rows_of(cache):  # pragma: no cover - compiled
+    """A cache (block_size, L, B, n_head, head_size) viewed as (block_size, L, B, C): a row's heads side by side."""
+    return cache.reshape(cache.shape[0], cache.shape[1], cache.shape[2], cache.shape[3] * cache.shape[4])
+
+
+@_jit
+def _attend_row(qkv, t, first, keys, values, layer, r, n_head, scores, out):  # pragma: no cover - compiled
+    """One row's attention at position t: writes its key and value into the cache (keys/values: `_rows_of` views)
+    at row r, then puts into out (C,) the attention of its query over positions first..t (earlier ones belong
+    to another item). qkv (3C,); scores: scratch (n_head, >= t + 1). Slices keep every inner loop on a plain
+    index, so it vectorises (indices computed otherwise carry Numba's negative-index checks, which block that)."""
+    C = out.shape[0]
+    hs = C // n_head
+    scale = np.float32(1.0 / math.sqrt(hs))
+    key_t, value_t = keys[t, layer, r], values[t, layer, r]
+    new_key, new_value = qkv[C : 2 * C], qkv[2 * C :]
+    for c in range(C):
+        key_t[c] = new_key[c]
+        value_t[c] = new_value[c]
+    for j in range(first, t + 1):
+        key = keys[j, layer, r]
+        for h in range(n_head):
+            q_h, k_h = qkv[h * hs : (h + 1) * hs], key[h * hs : (h + 1) * hs]
+            s = np.float32(0.0)
+            for d in range(hs):
+                s += q_h[d] * k_h[d]
+            scores[h, j] = s * scale
+    for h in range(n_head):
+        row = scores[h]
+        top = np.float32(-3.0e38)
+        for j in range(first, t + 1):
+            top = max(top, row[j])
+        total = np.float32(0.0)
+        for j in range(first, t + 1):
+            row[j] = math.exp(row[j] - top)
+            total += row[j]
+        for j in range(first, t + 1):
+            row[j] /= total
+    for c in range(C):
+        out[c] = 0.0
+    for j in range(first, t + 1):
+        value = values[j, layer, r]
+        for h in range(n_head):
+            weight, out_h, v_h = scores[h, j], out[h * hs : (h + 1) * hs], value[h * hs : (h + 1) * hs]
+            for d in range(hs):
+                out_h[d] += weight * v_h[d]
+
+
+@_jit
 def attend(qkv, t, start, keys, values, rows, layer, n_head):  # pragma: no cover - compiled
     """One query per row, for batches of any size: qkv (B, 3C) of this step's position t. Writes its keys and
-    values into the cache (block_size, L, B', n_head, head_size), row b's at rows[b], then returns the attention
-    output (B, C) over positions start[b]..t of each row, as the PyTorch step's baddbmm/softmax/bmm. Each phase
-    runs position by position over (B, n_head, head_size) slabs of the cache, so the inner loops vectorise."""
-    C = qkv.shape[1] // 3
-    hs = C // n_head
-    k_t, v_t = keys[t, layer], values[t, layer]
-    for b in range(qkv.shape[0]):
-        for h in range(n_head):
-            for d in range(hs):
-                k_t[rows[b], h, d] = qkv[b, C + h * hs + d]
-                v_t[rows[b], h, d] = qkv[b, 2 * C + h * hs + d]
-    weights = _scores(qkv, t, keys, rows, layer, n_head, np.float32(1.0 / math.sqrt(C // n_head)))
-    _softmax_from(weights, start)
-    return _mix(weights, values, rows, layer, C)
-
-
-@_jit
-def _scores(qkv, t, keys, rows, layer, n_head, scale):  # pragma: no cover - compiled
-    """(t + 1, B, n_head): query . key of each position, scaled. (keys[j, layer]: a contiguous slab.)"""
-    B, hs = qkv.shape[0], keys.shape[4]
-    scores = np.empty((t + 1, B, n_head), np.float32)
-    for j in range(t + 1):
-        k_j = keys[j, layer]
-        for b in range(B):
-            for h in range(n_head):
-                s = np.float32(0.0)
-                for d in range(hs):
-                    s += qkv[b, h * hs + d] * k_j[rows[b], h, d]
-                scores[j, b, h] = s * scale
-    return scores
-
-
-@_jit
-def _softmax_from(scores, start):  # pragma: no cover - compiled
-    """Softmax over positions, in place, of positions start[b].. of each row (0 weight before)."""
-    positions, B, n_head = scores.shape
+    values into the cache (block_size, L, B', n_head, head_size), row b's at rows[b], and returns the attention
+    output (B, C) over positions start[b]..t of each row, as the PyTorch step's baddbmm/softmax/bmm."""
+    B, C = qkv.shape[0], qkv.shape[1] // 3
+    k3, v3 = _rows_of(keys), _rows_of(values)
+    out = np.empty((B, C), np.float32)
+    scores = np.empty((n_head, t + 1), np.float32)
     for b in range(B):
-        first = start[b]
-        for h in range(n_head):
-            top = np.float32(-3.0e38)
-            for j in range(first, positions):
-                top = max(top, scores[j, b, h])
-            total = np.float32(0.0)
-            for j in range(first, positions):
-                scores[j, b, h] = math.exp(scores[j, b, h] - top)
-                total += scores[j, b, h]
-            for j in range(positions):
-                scores[j, b, h] = scores[j, b, h] / total if j >= first else np.float32(0.0)
-
-
-@_jit
-def _mix(weights, values, rows, layer, C):  # pragma: no cover - compiled
-    """(B, C): the values of each position, weighted."""
-    positions, B, n_head = weights.shape
-    hs = C // n_head
-    out = np.zeros((B, C), np.float32)
-    for j in range(positions):
-        v_j = values[j, layer]
-        for b in range(B):
-            for h in range(n_head):
-                w = weights[j, b, h]
-                for d in range(hs):
-                    out[b, h * hs + d] += w * v_j[rows[b], h, d]
+        _attend_row(qkv[b], t, start[b], k3, v3, layer, rows[b], n_head, scores, out[b])
     return out
