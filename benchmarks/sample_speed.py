@@ -159,7 +159,8 @@ def markdown(rows: list[dict[str, str]]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="*", help="line-mode run directories to measure (default: train each model)")
-    parser.add_argument("--models", default=",".join(MODELS), help="models to train (default: every registered one)")
+    trainable = ",".join(name for name, spec in MODELS.items() if not spec.made_by)  # mix is made from runs
+    parser.add_argument("--models", default=trainable, help="models to train (default: every trainable one)")
     default_data = str(SHARED / "names-train.txt") if (SHARED / "names-train.txt").exists() else "first-names"
     parser.add_argument("--data", default=default_data, help=f"training data (default: {default_data})")
     parser.add_argument("--train-seconds", type=float, default=30, help="training time per model (default: 30)")

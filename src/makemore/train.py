@@ -66,6 +66,9 @@ class TrainConfig:
     )
     diagnostics: bool = field(False, "record activation/gradient/update statistics at log steps (diagnostics.jsonl)")
     tensorboard: bool = field(False, "write TensorBoard events to RUN/tensorboard (needs makemore[tensorboard])")
+    ema: float = field(
+        0.0, "evaluate, keep and sample an exponential moving average of the weights with this decay (0: off)"
+    )
 
     def __post_init__(self):
         check(self.max_steps >= 0, f"max_steps must be >= 0, got {self.max_steps}")
@@ -81,6 +84,7 @@ class TrainConfig:
             "eval_every, eval_batch_size and log_every must be >= 1",
         )
         check(self.patience >= 0 and self.threads >= 0, "patience and threads must be >= 0")
+        check(0 <= self.ema < 1, f"ema must be in [0, 1), got {self.ema}")
         # upper limits: a typo such as an extra zero should fail here, not exhaust memory half an hour later
         check(self.batch_size <= 1 << 16, f"batch_size must be <= {1 << 16}, got {self.batch_size}")
         check(self.eval_batch_size <= 1 << 20, f"eval_batch_size must be <= {1 << 20}, got {self.eval_batch_size}")
@@ -262,6 +266,43 @@ def build_optimizer(model: LanguageModel, config: TrainConfig) -> torch.optim.Op
         return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.99))
 
 
+class WeightAverage:
+    """An exponential moving average of the parameters (Polyak averaging; e.g. Izmailov et al. 2018 on why an
+    average of the weights along the last stretch of training generalises better than its end point). Training
+    updates the weights themselves; evaluation, the best checkpoint and so sampling see the average. The decay
+    ramps up as (1 + step) / (10 + step) so early averages do not remember the random initialisation."""
+
+    def __init__(self, model: LanguageModel, decay: float):
+        self.decay = decay
+        self.params = list(model.parameters())  # tied weights appear once
+        self.average = [p.detach().clone() for p in self.params]
+
+    def update(self, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        torch._foreach_lerp_(self.average, [p.detach() for p in self.params], 1 - decay)
+
+    @contextlib.contextmanager
+    def applied(self):
+        """The average in the model's parameters for the duration, the trained weights back after."""
+        trained = [p.detach().clone() for p in self.params]
+        with torch.no_grad():
+            torch._foreach_copy_([p.detach() for p in self.params], self.average)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_([p.detach() for p in self.params], trained)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {str(i): t for i, t in enumerate(self.average)}
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
+        if len(tensors) != len(self.average):
+            raise ValueError(f"{len(tensors)} averaged tensors for {len(self.average)} parameters")
+        for i, t in enumerate(self.average):
+            t.copy_(tensors[str(i)])
+
+
 @dataclass
 class TrainState:
     step: int = 0
@@ -301,6 +342,7 @@ class Trainer:
         self.checkpoint_step: int | None = None  # step of the last checkpoint written or restored
         self.skipped_step, self.skipped_steps, self.nonfinite_streak = False, 0, 0  # --skip-nonfinite bookkeeping
         self.optimizer = build_optimizer(model, config) if model.trainable else None
+        self.average = WeightAverage(model, config.ema) if config.ema > 0 and model.trainable else None
         self.scaler = make_grad_scaler(self.device, config.dtype) if model.trainable else None
         self.warnings: list[str] = []  # also sent as "warning" events; these lists those from before on_event was set
         self.eager_forward, self.train_forward = self.wrap_for_training()
@@ -385,6 +427,8 @@ class Trainer:
             tensors.update(opt_tensors)
         if self.scaler is not None:  # fp16: the loss scale found so far (plain numbers)
             meta["grad_scaler"] = self.scaler.state_dict()
+        if self.average is not None:
+            tensors.update({f"ema.{k}": v for k, v in self.average.state_dict().items()})
         tensors["rng.torch"] = torch.get_rng_state()
         if self.device.type == "cuda":
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
@@ -463,6 +507,8 @@ class Trainer:
                 self.optimizer.load_state_dict(
                     ckpt.unflatten_optimizer(tensors, meta["optimizer"], self.optimizer, str(where))
                 )
+            if self.average is not None:
+                self.average.load_state_dict({k[len("ema.") :]: v for k, v in tensors.items() if k.startswith("ema.")})
             if self.scaler is not None and "grad_scaler" in meta:
                 self.scaler.load_state_dict(meta["grad_scaler"])
             torch.set_rng_state(tensors["rng.torch"])
@@ -502,13 +548,15 @@ class Trainer:
         self.on_event(record)
 
     def record_eval(self, elapsed: float) -> bool:
-        """Evaluate on val, keep the best weights; True when early stopping says stop."""
-        val = self.evaluate("val")["nll"] if len(self.splits["val"]) else math.nan
+        """Evaluate on val, keep the best weights (the average, with --ema); True when early stopping says stop."""
+        with self.average.applied() if self.average is not None else contextlib.nullcontext():
+            val = self.evaluate("val")["nll"] if len(self.splits["val"]) else math.nan
+            improved = not math.isnan(val) and val < self.state.best_val
+            if improved or self.state.best_step < 0:
+                self.save_best()
         state = self.state
-        improved = not math.isnan(val) and val < state.best_val
         if improved or state.best_step < 0:
             state.best_val, state.best_step, state.evals_without_improvement = val, state.step, 0
-            self.save_best()
         else:
             state.evals_without_improvement += 1
         record = {
@@ -646,6 +694,8 @@ class Trainer:
                 self.handle_nonfinite(loss.item(), grad_norm)  # stops, or (--skip-nonfinite) counts a skipped step
             else:
                 self.nonfinite_streak = 0
+                if self.average is not None:
+                    self.average.update(state.step)
                 window_loss += loss.detach().float().cpu()
                 window_steps += 1
             window_tokens += batch_tokens
