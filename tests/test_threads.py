@@ -57,6 +57,17 @@ def test_busy_machine_means_one_thread_without_a_trial(two_cores, monkeypatch):
     assert run(chooser, 10, slow_threads=1) == [1] * 10
 
 
+@pytest.mark.parametrize(
+    "load, chosen, busy", [(1.2, 1, False), (1.8, 1, True), (2.1, 2, False), (2.8, 2, True), (0.3, 1, False)]
+)
+def test_busy_counts_only_other_processes(monkeypatch, load, chosen, busy):
+    """The load average includes this process: about one per thread it uses (two while on two threads)."""
+    monkeypatch.setattr(train.os, "getloadavg", lambda: (load, load, load))
+    chooser = ThreadChooser(False)
+    chooser.chosen = chosen
+    assert chooser.busy() == busy
+
+
 def test_disabled_leaves_threads_alone(two_cores):
     chooser = ThreadChooser(False)
     assert run(chooser, 5, slow_threads=1) == [2] * 5
