@@ -90,11 +90,16 @@ MODELS: dict[str, ModelSpec] = {
         Transformer,
         "GPT-style decoder: pre-LN, causal self-attention (SDPA), learned positions, KV-cache decoding",
         # batch_size counts packed rows of ~2 names each (TrainConfig.pack)
-        {**TEN_MINUTES, "lr": 3e-3, "max_steps": 15000, "batch_size": 32, "weight_decay": 0.1, "warmup_steps": 200},
-        # defaults (3 layers, dropout 0.2) measured on names in 10 min, alone on the 2-core CPU: val 1.9461 (13,866
-        # steps, still improving); dropout 0.1: 1.9577 (best at step 9,000 of 11,781, then overfitting); dropout 0.3:
-        # 1.9518 (15,000 steps, underfitting). With one thread beside another job (fewer steps), dropout 0.1 had
-        # been better: 1.9570; 4 layers, dropout 0.2: 1.9698
+        {
+            **TEN_MINUTES, "lr": 3e-3, "max_steps": 30000, "batch_size": 32, "weight_decay": 0.2, "warmup_steps": 200,
+            "ema": 0.999,
+        },  # fmt: skip
+        # defaults (3 layers, dropout 0.15, weight decay 0.2, --ema 0.999) measured on names in 10 min, alone on the
+        # 2-core CPU: val 1.9294 (best at step 13,500 of 18,165). Alone, with --ema 0.999: dropout 0.2 and weight
+        # decay 0.1 1.9383 (14,241 steps, still improving); dropout 0.15 1.9360 (best at 11,000 of 14,209). Without
+        # averaging (an earlier session): dropout 0.2 1.9461 (13,866 steps); 0.1 1.9577; 0.3 1.9518. Pairs side by
+        # side (1 thread each, ~11-12k steps), all --ema 0.999: --ema 0.9995 1.9422 vs 1.9413; dropout 0.25 1.9542
+        # vs weight decay 0.3 1.9435
         presets={
             # the best of the 90-second probes on names (2-core CPU, 1 thread): 2 layers, batch 64, lr 5e-3 val 2.029;
             # lr 3e-3 batch 32: 2.053; lr 6e-3: 2.043; batch 128 lr 6e-3: 2.047; batch 64 lr 8e-3: 2.044; 3 layers 2.069

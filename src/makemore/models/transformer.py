@@ -85,7 +85,7 @@ class TransformerConfig:
     n_layer: int = field(3, "number of Transformer blocks")
     n_head: int = field(4, "attention heads per block (must divide n_embd)")
     n_embd: int = field(128, "width of the residual stream")
-    dropout: float = field(0.2, "dropout on the residual branches and the embeddings")
+    dropout: float = field(0.15, "dropout on the residual branches and the embeddings")
     attn_dropout: float = field(0.0, "dropout on attention weights (slower on CPU: no fused attention kernel then)")
     bias: bool = field(True, "biases in the linear layers and LayerNorms")
     tie_weights: bool = field(False, "share the token embedding with the output layer (Press & Wolf 2017)")
