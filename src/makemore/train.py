@@ -554,11 +554,11 @@ class Trainer:
         """Evaluate on val, keep the best weights (the average, with --ema); True when early stopping says stop."""
         with self.average.applied() if self.average is not None else contextlib.nullcontext():
             val = self.evaluate("val")["nll"] if len(self.splits["val"]) else math.nan
-            improved = not math.isnan(val) and val < self.state.best_val
-            if improved or self.state.best_step < 0:
+            keep = (not math.isnan(val) and val < self.state.best_val) or self.state.best_step < 0
+            if keep:
                 self.save_best()
         state = self.state
-        if improved or state.best_step < 0:
+        if keep:
             state.best_val, state.best_step, state.evals_without_improvement = val, state.step, 0
         else:
             state.evals_without_improvement += 1
