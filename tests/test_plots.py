@@ -18,6 +18,7 @@ from makemore.cli import main
 from makemore.data import LineSplit, Vocab
 from makemore.lr_finder import find_lr, suggest_lr
 from makemore.models import MODELS, build_model
+from makemore.models.transformer import Visibility
 from makemore.plot_cli import take_lr_auto
 from makemore.train import TrainConfig
 
@@ -185,11 +186,12 @@ def test_attention_plot_and_maps_match_the_fused_attention(capsys, tmp_path, nam
     assert torch.all(maps[0].triu(diagonal=1) == 0)  # causal
     block = model.blocks[0]  # weights x values through c_proj == the block's fused attention output
     x = model.wte(idx) + model.wpe(torch.arange(6))
-    causal = torch.ones(6, 6, dtype=torch.bool).tril()[None, None]  # (1, 1, T, T)
     v = block.attn.c_attn(block.ln_1(x)).view(3, 6, 3, 2, 4)[:, :, 2].transpose(1, 2)  # (B, nh, T, hs)
     mixed = block.attn.c_proj((maps[0] @ v).transpose(1, 2).reshape(3, 6, 8))
-    with torch.no_grad():
-        torch.testing.assert_close(mixed, block.attn(block.ln_1(x), causal)[0], atol=1e-5, rtol=1e-4)
+    for compiled in (False, True):  # PyTorch's attention and the compiled kernel
+        causal = Visibility(torch.zeros(3, 6, dtype=torch.long), compiled)  # every query's item starts at 0
+        with torch.no_grad():
+            torch.testing.assert_close(mixed, block.attn(block.ln_1(x), causal)[0], atol=1e-5, rtol=1e-4)
 
 
 def test_learned_bigram_direct_and_averaged(names_file):

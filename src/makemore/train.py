@@ -7,6 +7,7 @@ It prints nothing: progress goes to an `on_event` callback (the CLI draws a prog
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import math
@@ -29,6 +30,7 @@ from .diagnostics import DIAGNOSTICS_FILE, TENSORBOARD_HINT, Observer, grad_norm
 from .errors import MakemoreError
 from .models import LanguageModel
 from .models.base import detach_state, map_state
+from .row_split import RowSplitter
 
 
 @dataclass
@@ -209,13 +211,17 @@ class ThreadChooser:
     here: 90 ms vs 1 s). So: while the load average says another process takes a core, use one thread; otherwise time
     `probe` steps with one thread, then with all cores (stopping as soon as they are behind), and keep the faster.
     Look again after `every` steps, twice as long each time the choice holds.
+
+    With `split` (models whose rows are independent), "all cores" means one thread per core, each training a shard
+    of the batch's rows (`RowSplitter`), each with one intra-op thread; `active` says how many threads train now.
     """
 
-    def __init__(self, enabled: bool, probe: int = 5, every: int = 500):
+    def __init__(self, enabled: bool, probe: int = 5, every: int = 500, split: bool = False):
         self.cores = torch.get_num_threads()
         self.enabled = enabled and self.cores > 1
+        self.split = split
         self.probe, self.first_wait, self.wait = probe, every, every
-        self.chosen = 1
+        self.chosen = self.active = 1
         self.next_trial, self.trial, self.times, self.started = 0, -1, [0.0, 0.0], 0.0
         if self.enabled:
             torch.set_num_threads(1)
@@ -238,7 +244,7 @@ class ThreadChooser:
                 return
             self.trial, self.times = 0, [0.0, 0.0]
         if self.trial >= 0:
-            torch.set_num_threads(1 if self.trial < self.probe else self.cores)
+            self.use(1 if self.trial < self.probe else self.cores)
             self.started = time.perf_counter()
 
     def after_step(self, step: int) -> None:
@@ -253,7 +259,11 @@ class ThreadChooser:
     def decide(self, step: int, threads: int) -> None:
         self.wait = self.wait * 2 if threads == self.chosen else self.first_wait
         self.chosen, self.next_trial, self.trial = threads, step + self.wait, -1
-        torch.set_num_threads(threads)
+        self.use(threads)
+
+    def use(self, threads: int) -> None:
+        self.active = threads
+        torch.set_num_threads(1 if self.split else threads)
 
 
 def build_optimizer(model: LanguageModel, config: TrainConfig) -> torch.optim.Optimizer:
@@ -372,7 +382,10 @@ class Trainer:
         # --diagnostics (forward hooks, only on logged steps) and --tensorboard; a no-op when both are off
         self.observer = Observer(model, self.optimizer, self.run_dir, config.diagnostics, config.tensorboard, IGNORE)
         auto_threads = config.threads == 0 and self.device.type == "cpu" and not self.dist.enabled
-        self.thread_chooser = ThreadChooser(auto_threads and model.trainable)
+        self.splitter = RowSplitter(model, config.seed) if self.can_split_rows() else None
+        self.thread_chooser = ThreadChooser(auto_threads and model.trainable, split=self.splitter is not None)
+        if self.splitter is not None and config.threads > 1:  # --threads N: N threads, each training N-th of the rows
+            self.thread_chooser.use(config.threads)
         if config.tensorboard and not self.observer.want_tensorboard:
             self.warn(TENSORBOARD_HINT)
 
@@ -404,6 +417,19 @@ class Trainer:
         except Exception as error:  # any failure to compile means: train eagerly, and say so
             self.warn(f"--compile: torch.compile is unavailable ({first_line(error)}); training without it")
             return forward, forward
+
+    def can_split_rows(self) -> bool:
+        """Whether a batch's rows may train as shards on several CPU threads at once (see `row_split`)."""
+        return (
+            self.model.trainable
+            and self.model.rows_independent
+            and self.device.type == "cpu"
+            and not self.dist.enabled  # under torchrun each rank is one such thread already
+            and not self.carry_state
+            and not self.config.compile
+            and self.scaler is None
+            and max(self.config.threads, torch.get_num_threads()) > 1
+        )
 
     def fall_back_to_eager(self, error: Exception) -> None:
         self.warn(f"--compile: compiling the model failed ({first_line(error)}); training without it")
@@ -537,11 +563,23 @@ class Trainer:
     def evaluate(self, split: str) -> dict[str, float]:
         batches = self.splits[split].eval_batches(self.config.eval_batch_size)
         if not self.dist.enabled or getattr(batches, "carry_state", False):  # streams carry state: one rank, in order
-            return evaluate(self.model, batches, self.device, self.config.dtype)
+            with self.eval_threads():
+                return evaluate(self.model, batches, self.device, self.config.dtype)
         # Each rank evaluates every world_size-th batch with the plain model (a DDP forward would expect all ranks
         # to take the same number of steps); the NLL sums and token counts are then added up over ranks.
         mine = itertools.islice(batches, self.dist.rank, None, self.dist.world_size)
         return evaluate(self.model, mine, self.device, self.config.dtype, reduce=distributed.all_reduce_sum)
+
+    @contextlib.contextmanager
+    def eval_threads(self):
+        """While rows train in shards, one intra-op thread is set; evaluation's large batches use the cores."""
+        threads = torch.get_num_threads()
+        if self.splitter is not None:
+            torch.set_num_threads(max(self.thread_chooser.active, threads))
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.dist.is_main:
@@ -599,7 +637,11 @@ class Trainer:
             group["lr"] = lr
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         forward = self.eager_forward if self.observer.armed else self.train_forward  # diagnostics hooks run eagerly
-        if forward is self.eager_forward:
+        shards = self.thread_chooser.active if self.splitter is not None else 1
+        if shards > 1 and share is None and not self.observer.armed:
+            with_autocast = functools.partial(autocast, self.device, self.config.dtype)
+            loss = self.splitter.gradients(self.eager_forward, x, y, self.state.step, shards, with_autocast)
+        elif forward is self.eager_forward:
             loss = self.forward_backward(forward, x, y, share)
         else:  # compiled: compilation happens in the first call; if it fails there (or later), train eagerly
             rng = torch.get_rng_state()
@@ -735,4 +777,6 @@ class Trainer:
             state.window_loss, state.window_steps, state.window_tokens = window_loss.item(), window_steps, window_tokens
             self.save_checkpoint()
         self.observer.close()
+        if self.splitter is not None:
+            self.splitter.close()
         return {"stopped": stopped, **vars(state)}

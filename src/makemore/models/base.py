@@ -16,6 +16,9 @@ on it. Models with a cheaper incremental form (KV cache, recurrent state) overri
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -45,13 +48,29 @@ def masked_batch_norm(norm: nn.BatchNorm1d, h: torch.Tensor, targets: torch.Tens
     return out.view(B, T, C)
 
 
+_random = threading.local()  # the generator Dropout draws from on this thread (none set: torch's global one)
+
+
+@contextlib.contextmanager
+def dropout_generator(generator: torch.Generator | None) -> Iterator[None]:
+    """Dropout on this thread draws from `generator` for the duration. Threads that train shards of one batch at
+    once each get their own seeded generator: the global one would hand out its numbers in whatever order the
+    threads happen to ask, and the run would not repeat."""
+    before = getattr(_random, "generator", None)
+    _random.generator = generator
+    try:
+        yield
+    finally:
+        _random.generator = before
+
+
 class Dropout(nn.Module):
     """nn.Dropout (Srivastava et al. 2014) with cheaper random numbers on CPU.
 
     PyTorch's CPU dropout draws one random float per element, which made dropout a fifth of a small Transformer's
     training step. Here the keep/drop decision is one random byte per element, drawn 8 bytes per generator call:
     p is rounded to a multiple of 1/256 (0.2 -> 0.1992), and forward + backward cost about half. Other devices
-    use F.dropout. Seeded by torch's global generator like nn.Dropout.
+    use F.dropout. Seeded by torch's global generator like nn.Dropout, or by this thread's `dropout_generator`.
     """
 
     def __init__(self, p: float = 0.5):
@@ -66,7 +85,8 @@ class Dropout(nn.Module):
         if x.device.type != "cpu":
             return F.dropout(x, self.p, training=True)
         n = x.numel()
-        words = torch.empty((n + 7) // 8, dtype=torch.int64).random_(-(2**63), 2**63 - 1)  # all 64 bits random
+        generator = getattr(_random, "generator", None)
+        words = torch.empty((n + 7) // 8, dtype=torch.int64).random_(-(2**63), 2**63 - 1, generator=generator)
         keep = words.view(torch.uint8)[:n].view(x.shape) >= self.threshold
         return x * keep.to(x.dtype).mul_(self.scale)
 
@@ -95,6 +115,13 @@ class LanguageModel(nn.Module):
     # True when forward treats every BOUNDARY input token as the start of an independent item (nothing before it
     # is seen, positions restart): then several items may share one row (`TrainConfig.pack`), with the same loss.
     packable: bool = False
+
+    @property
+    def rows_independent(self) -> bool:
+        """True when the rows of a training batch never interact (no batch statistics such as BatchNorm's) and all
+        training randomness comes from makemore's `Dropout`: then a batch's gradient is the token-weighted sum of
+        the gradients of any split of its rows, and the trainer may compute the parts on several threads at once."""
+        return False
 
     def __init__(self, config: Any, vocab_size: int):
         super().__init__()
