@@ -44,3 +44,15 @@ def test_every_config_round_trips_and_no_flag_clashes_with_training(name):
     config.add_flags(parser, TrainConfig)
     config.add_flags(parser, spec.config_class)  # argparse raises on a clashing flag
     config.replace(TrainConfig(), **spec.train_defaults)
+
+
+@pytest.mark.parametrize(
+    "model, preset", [(name, preset) for name, spec in MODELS.items() for preset in spec.presets]
+)
+def test_every_preset_names_real_settings(model, preset):
+    spec = MODELS[model]
+    chosen = spec.presets[preset]
+    model_config = config.replace(spec.config_class(), **chosen.model)
+    train_config = config.replace(config.replace(TrainConfig(), **spec.train_defaults), **chosen.train)
+    assert all(getattr(model_config, key) == value for key, value in chosen.model.items())
+    assert all(getattr(train_config, key) == value for key, value in chosen.train.items())

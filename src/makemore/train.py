@@ -777,6 +777,7 @@ class Trainer:
             state.window_loss, state.window_steps, state.window_tokens = window_loss.item(), window_steps, window_tokens
             self.save_checkpoint()
         self.observer.close()
-        if self.splitter is not None:
+        if self.splitter is not None:  # what comes next (the CLI's test evaluation) gets the cores as threads again
             self.splitter.close()
+            torch.set_num_threads(self.thread_chooser.active)
         return {"stopped": stopped, **vars(state)}

@@ -112,6 +112,14 @@ MODELS: dict[str, ModelSpec] = {
                 {"n_layer": 2, "dropout": 0.0},
                 {"time_budget": 90.0, "batch_size": 64, "lr": 5e-3, "ema": 0.995},
             ),
+            # Tiny Shakespeare (--mode stream), pairs side by side, 1 thread each, 15 min (~2,100 steps), val:
+            # lr 2e-3 1.6274 vs 4e-3 1.5538; 6e-3 1.5503 vs 1e-2 1.5723. Alone, automatic threads, lr 5e-3: 1.4741
+            # (3,742 steps; lr 2e-3 with eval every 500 had given 1.5326)
+            "stream": Preset(
+                "continuous text in 15 min: windows of 128, 4 layers of 128, dropout 0.1, lr 5e-3, --ema 0.999",
+                {"block_size": 128, "n_layer": 4, "n_embd": 128, "dropout": 0.1},
+                {"time_budget": 900.0, "max_steps": 1_000_000, "lr": 5e-3, "eval_every": 1000, "ema": 0.999},
+            ),
         },
     ),
     "mix": ModelSpec(
