@@ -73,7 +73,9 @@ def measure(name: str, model_config, splits, vocab, train_config: TrainConfig, s
         "model": name,
         "dtype": train_config.dtype,
         "compile": train_config.compile,
-        "threads": torch.get_num_threads(),
+        # threads training at the end: intra-op threads, or with row splitting one thread per shard of the rows
+        "threads": trainer.thread_chooser.active if trainer.splitter is not None else torch.get_num_threads(),
+        "row_split": trainer.splitter is not None and trainer.thread_chooser.active > 1,
         "packed": type(trainer.sampler).__name__ == "PackedSampler",
         "batch_size": train_config.batch_size,
         "params": model.parameter_count(),

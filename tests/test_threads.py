@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 import types
 
 import pytest
@@ -64,8 +67,38 @@ def test_busy_counts_only_other_processes(monkeypatch, load, chosen, busy):
     """The load average includes this process: about one per thread it uses (two while on two threads)."""
     monkeypatch.setattr(train.os, "getloadavg", lambda: (load, load, load))
     chooser = ThreadChooser(False)
+    chooser.meter.available = False  # no /proc/stat: the load average decides
     chooser.chosen = chosen
     assert chooser.busy() == busy
+
+
+@pytest.mark.parametrize(
+    "seconds, all_busy, own, busy",
+    [(2.0, 1.0, 0.9, False), (2.0, 3.0, 1.9, True), (2.0, 4.0, 3.9, False), (0.2, 9, 0, False)],
+)
+def test_busy_from_proc_stat_counts_only_other_processes(monkeypatch, seconds, all_busy, own, busy):
+    """CPU time of all processes (/proc/stat) less this process's, per second since the last look; an interval too
+    short to tell counts as not busy (the timed trial decides)."""
+    chooser = ThreadChooser(False)
+    chooser.meter.available = True
+    chooser.meter.last = (100.0, 50.0, 20.0)
+    monkeypatch.setattr(chooser.meter, "sample", lambda: (100.0 + seconds, 50.0 + all_busy, 20.0 + own))
+    assert chooser.busy() == busy
+
+
+def test_other_load_sees_a_busy_process():
+    meter = train.OtherLoad()
+    if not meter.available:
+        pytest.skip("no /proc/stat here")
+    stranger = subprocess.Popen(
+        [sys.executable, "-c", "import time\nend = time.time() + 1.5\nwhile time.time() < end: pass"]
+    )
+    try:
+        time.sleep(1.2)
+        others = meter.others()
+    finally:
+        stranger.wait()
+    assert others is not None and others > 0.5
 
 
 def test_disabled_leaves_threads_alone(two_cores):

@@ -203,6 +203,38 @@ def lr_at(config: TrainConfig, step: int, progress: float) -> float:
     return config.lr
 
 
+class OtherLoad:
+    """How many cores' worth of CPU time other processes took between two looks: busy time from /proc/stat (Linux)
+    less this process's own. `available` is False where /proc/stat cannot be read."""
+
+    MIN_INTERVAL = 0.5  # seconds: shorter intervals hold too few clock ticks to tell
+
+    def __init__(self):
+        self.last = self.sample()
+        self.available = self.last is not None
+
+    @staticmethod
+    def sample() -> tuple[float, float, float] | None:
+        """(clock time, CPU seconds all processes were busy, CPU seconds of this process)."""
+        try:
+            with open("/proc/stat") as stat:
+                ticks = [int(field) for field in stat.readline().split()[1:9]]
+            per_second = os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError):
+            return None
+        busy = sum(ticks) - ticks[3] - ticks[4]  # all but idle and iowait (steal counts: a core taken away)
+        own = sum(os.times()[:2])  # user + system time of this process, all its threads
+        return time.perf_counter(), busy / per_second, own
+
+    def others(self) -> float | None:
+        now = self.sample() if self.available else None
+        if now is None or self.last is None or now[0] - self.last[0] < self.MIN_INTERVAL:
+            return None
+        (t0, busy0, own0), (t1, busy1, own1) = self.last, now
+        self.last = now
+        return max(0.0, (busy1 - busy0) - (own1 - own0)) / (t1 - t0)
+
+
 class ThreadChooser:
     """`--threads 0` on a CPU: choose between one thread and all cores by timing, and look again later.
 
@@ -216,20 +248,25 @@ class ThreadChooser:
     of the batch's rows (`RowSplitter`), each with one intra-op thread; `active` says how many threads train now.
     """
 
-    def __init__(self, enabled: bool, probe: int = 5, every: int = 500, split: bool = False):
+    def __init__(self, enabled: bool, probe: int = 8, every: int = 500, split: bool = False):
         self.cores = torch.get_num_threads()
         self.enabled = enabled and self.cores > 1
         self.split = split
         self.probe, self.first_wait, self.wait = probe, every, every
         self.chosen = self.active = 1
+        self.meter = OtherLoad()
         self.next_trial, self.trial, self.times, self.started = 0, -1, [0.0, 0.0], 0.0
         if self.enabled:
             torch.set_num_threads(1)
 
     def busy(self) -> bool:
-        """Whether another process keeps a core busy: the load average less this process's own part, which is
-        about one per thread it trains with. (Counting this process as one made a run on two threads see its own
-        second thread as a stranger and fall back to one: 9k instead of 14k tokens/s for a whole 10-minute run.)"""
+        """Whether another process keeps a core busy. Where /proc/stat tells: the CPU time all processes took since
+        the last look, less this process's own (an interval too short to tell: not busy, the timed trial decides).
+        Elsewhere: the load average less this process's part, about one per thread it trains with. (The load
+        average lags by a minute: a run started right after another saw that one's load as a stranger's.)"""
+        others = self.meter.others()
+        if others is not None or self.meter.available:
+            return others is not None and others > 0.5
         try:
             return os.getloadavg()[0] - self.chosen > 0.5
         except OSError:  # no load average on this platform: time it
