@@ -99,10 +99,10 @@ def test_chooser_with_split_keeps_one_intra_op_thread():
     try:
         torch.set_num_threads(2)
         chooser = ThreadChooser(True, split=True)
+        chooser.use(2, split=True)
+        assert chooser.active == 2 and chooser.splitting and torch.get_num_threads() == 1
         chooser.use(2)
-        assert chooser.active == 2 and torch.get_num_threads() == 1
-        chooser.use(1)
-        assert chooser.active == 1 and torch.get_num_threads() == 1
+        assert chooser.active == 2 and not chooser.splitting and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
 
@@ -116,9 +116,12 @@ def test_training_on_two_threads_repeats_exactly(tmp_path):
         model = tiny_transformer(dropout=0.2, vocab_size=vocab.size)
         (tmp_path / run).mkdir()
         splits = {"train": LineSplit(items, vocab), "val": LineSplit(items[:8], vocab)}
-        config = TrainConfig(max_steps=6, batch_size=8, threads=2, eval_every=3, seed=3, warmup_steps=0)
+        config = TrainConfig(max_steps=6, batch_size=8, threads=0, eval_every=3, seed=3, warmup_steps=0)
+        torch.set_num_threads(2)
         trainer = Trainer(model, splits, config, tmp_path / run)
-        assert trainer.splitter is not None and trainer.thread_chooser.active == 2
+        assert trainer.splitter is not None
+        trainer.thread_chooser.enabled = False  # no timing: shards on two threads throughout
+        trainer.thread_chooser.use(2, split=True)
         trainer.train()
         return [p.detach().clone() for p in model.parameters()]
 

@@ -104,3 +104,20 @@ def test_other_load_sees_a_busy_process():
 def test_disabled_leaves_threads_alone(two_cores):
     chooser = ThreadChooser(False)
     assert run(chooser, 5, slow_threads=1) == [2] * 5
+
+
+@pytest.mark.parametrize("fastest", [(2, True), (2, False), (1, False)])
+def test_with_row_splitting_three_candidates_and_the_fastest_stays(two_cores, monkeypatch, fastest):
+    """One thread, both cores inside each op, both cores as shards of rows: timed in that order, the fastest kept."""
+    chooser = ThreadChooser(True, probe=3, every=50, split=True)
+    monkeypatch.setattr(chooser, "busy", lambda: False)
+    used = []
+    for step in range(20):
+        chooser.before_step(step)
+        mode = (chooser.active, chooser.splitting)
+        used.append(mode)
+        CLOCK[0] += 1.0 if mode == fastest else 3.0
+        chooser.after_step(step)
+    assert used[:4] == [(1, False)] * 3 + [(2, False)]  # the trial: one thread, then both cores in each op, ...
+    assert (2, True) in used[4:9]  # ... then both cores as shards (unless already behind)
+    assert used[-1] == fastest and torch.get_num_threads() == (1 if fastest[1] else fastest[0])
