@@ -31,12 +31,14 @@ class RowSplitter:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.seed = seed
         self.pool: ThreadPoolExecutor | None = None
+        self.pool_size = 0
 
     def _workers(self, count: int) -> ThreadPoolExecutor:
-        if self.pool is None or self.pool._max_workers != count:
+        if self.pool is None or self.pool_size != count:
             self.close()
             # one intra-op thread per shard thread: the cores are shared out by shards, not inside ops
             self.pool = ThreadPoolExecutor(count, "makemore-shard", initializer=torch.set_num_threads, initargs=(1,))
+            self.pool_size = count
         return self.pool
 
     def close(self) -> None:

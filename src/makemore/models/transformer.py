@@ -114,17 +114,17 @@ class CausalSelfAttention(nn.Module):
         self.attn_dropout = config.attn_dropout
         self.resid_drop = Dropout(config.dropout)
 
-    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """x (B, T, C) -> the projection (B, T, 3C) and its queries, keys, values as views (B, nh, T, hs) each."""
         B, T, C = x.shape
-        qkv = linear(self.c_attn, x)  # (B, T, 3C)
+        qkv = linear(self.c_attn, x)
         q, k, v = qkv.view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
-        return q, k, v  # (B, nh, T, hs) each
+        return qkv, (q, k, v)
 
     def forward(self, x: torch.Tensor, visible: Visibility) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """x (B, T, C) of a window read from position 0 -> y (B, T, C) and the window's keys and values."""
         B, T, C = x.shape
-        qkv = linear(self.c_attn, x)  # (B, T, 3C)
-        q, k, v = qkv.view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)  # (B, nh, T, hs) each
+        qkv, (q, k, v) = self.qkv(x)
         dropout = self.attn_dropout if self.training else 0.0
         compiled = visible.compiled and T <= COMPILED_ATTENTION_MAX_T and qkv.dtype == torch.float32 and not dropout
         kernel = _attention_kernel() if compiled else None
@@ -295,7 +295,7 @@ class Transformer(LanguageModel):
         x, visible = self._window(idx)
         maps = []
         for block in self.blocks:
-            q, k, _ = block.attn.qkv(block.ln_1(x))
+            _, (q, k, _) = block.attn.qkv(block.ln_1(x))
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, nh, T, T)
             maps.append(scores.masked_fill(~visible.allowed, float("-inf")).softmax(-1))
             x, _ = block(x, visible)
