@@ -90,14 +90,18 @@ def test_ema_evaluates_and_keeps_the_average_and_trains_the_weights(tmp_path, na
     assert all(torch.equal(p, t) for p, t in zip(trainer.model.parameters(), trained))  # training goes on from these
 
 
-def test_weight_average_follows_the_decay_schedule():
+@pytest.mark.parametrize("flat", [False, True])
+def test_weight_average_follows_the_decay_schedule(flat):
+    from makemore.optim import FlatAdamW
     from makemore.train import WeightAverage
 
     model = build_model("bigram", MODELS["bigram"].config_class(), 3)
     (weight,) = model.parameters()
     with torch.no_grad():
         weight.fill_(0.0)
-    average = WeightAverage(model, decay=0.5)
+    buffers = FlatAdamW([{"params": [weight]}], lr=0.1, betas=(0.9, 0.99)).flat_params if flat else None
+    average = WeightAverage(model, decay=0.5, flat=buffers)
+    assert (average.averaged[0].numel() == weight.numel()) and len(average.average) == 1
     with torch.no_grad():
         weight.fill_(1.0)
     average.update(step=0)  # decay min(0.5, 1/10): mostly the new weights

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import random
 
+import pytest
 import torch
 
-from makemore.data import BOUNDARY, IGNORE, LengthBucketSampler, LineSplit, PackedSampler, Vocab, best_fit_decreasing
+from makemore.data import BOUNDARY, IGNORE, LengthBucketSampler, LineSplit, PackedSampler, Vocab, pack_rows
 from makemore.models import MODELS, build_model
 from makemore.train import TrainConfig, Trainer
 
@@ -28,15 +29,50 @@ def items_of(x: torch.Tensor, y: torch.Tensor) -> list[str]:
     return found
 
 
-def test_best_fit_decreasing_never_overflows_a_row():
+@pytest.mark.parametrize("width", [16, 24, 32])
+def test_pack_rows_places_every_item_once_without_overlap(width):
     lengths = sorted((random.Random(i).randint(1, 16) for i in range(500)), reverse=True)
-    rows, cols = best_fit_decreasing(lengths, 16)
-    ends: dict[int, int] = {}
+    rows, cols = pack_rows(lengths, width)
+    by_row: dict[int, list[tuple[int, int]]] = {}
     for row, col, length in zip(rows, cols, lengths):
-        assert col == ends.get(row, 0)  # items follow each other without gaps
-        ends[row] = col + length
-    assert max(ends.values()) <= 16
-    assert sum(lengths) / (16 * len(ends)) > 0.9  # rows come out nearly full
+        by_row.setdefault(row, []).append((col, length))
+    for spans in by_row.values():
+        end = 0
+        for col, length in sorted(spans):
+            assert col == end  # items follow each other without gaps
+            end = col + length
+        assert end <= width
+    assert sorted(by_row) == list(range(len(by_row)))
+    assert sum(lengths) / (width * len(by_row)) > 0.97  # rows come out nearly full
+
+
+def test_wider_rows_hold_the_same_slots_fuller():
+    lengths = [len(item) + 1 for item in ITEMS]  # 2..13
+    split = LineSplit(ITEMS, VOCAB)
+    narrow = PackedSampler(split, batch_size=8, seed=0)
+    wide = PackedSampler(split, batch_size=8, seed=0, width=2 * max(lengths))
+    for sampler, rows in ((narrow, 8), (wide, 4)):
+        x, y = sampler.next()
+        assert x.size(0) == rows and x.numel() <= 8 * max(lengths)
+        assert set(items_of(x, y)) <= set(ITEMS)
+    assert (wide.targets != IGNORE).float().mean() >= (narrow.targets != IGNORE).float().mean()
+
+
+def test_transformer_reads_rows_wider_than_its_context_in_one_pass_when_every_item_fits():
+    config = MODELS["transformer"].config_class(block_size=8, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
+    model = build_model("transformer", config, VOCAB.size).eval()
+    items = [VOCAB.encode(item)[:7] for item in ITEMS[:6]]
+    row = [BOUNDARY]
+    for item in items:
+        row += item + [BOUNDARY]
+    x = torch.tensor([row[:-1]])  # (1, T > block_size), no item longer than 8 positions
+    assert x.size(1) > config.block_size
+    packed, _ = model(x)
+    start = 0
+    for item in items:  # each item alone gives the same logits
+        alone, _ = model(torch.tensor([[BOUNDARY] + item]))
+        torch.testing.assert_close(packed[:, start : start + len(item) + 1], alone, rtol=1e-5, atol=1e-5)
+        start += len(item) + 1
 
 
 def test_packed_batches_hold_whole_items_and_little_padding():

@@ -67,6 +67,23 @@ def test_model_gives_the_same_loss_and_gradient_with_either_attention(monkeypatc
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
+def test_compiled_attention_is_chosen_by_item_length_not_row_width(monkeypatch):
+    config = MODELS["transformer"].config_class(block_size=32, n_layer=1, n_head=2, n_embd=16, dropout=0.0)
+    model = build_model("transformer", config, 9)
+    calls = []
+    original = CompiledAttention.apply
+    monkeypatch.setattr(CompiledAttention, "apply", lambda *args: calls.append(1) or original(*args))
+    short_items = torch.randint(1, 9, (2, 32))
+    short_items[:, ::8] = BOUNDARY  # rows of 32, items of 8 positions
+    model(short_items)
+    assert calls, "packed short items take the compiled kernel"
+    calls.clear()
+    one_long_item = torch.randint(1, 9, (2, 32))
+    one_long_item[:, 0] = BOUNDARY  # a full causal window of 32: PyTorch's kernel
+    model(one_long_item)
+    assert not calls
+
+
 @pytest.mark.parametrize("parts", [2, 3])
 def test_shards_sum_to_the_whole_batch_gradient(parts):
     model = tiny_transformer()

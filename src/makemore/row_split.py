@@ -55,8 +55,9 @@ class RowSplitter:
         parts: int,
         context: Callable[[], AbstractContextManager],
     ) -> torch.Tensor:
-        """Set every parameter's .grad to the gradient of the batch's mean NLL plus the model's penalty, from `parts`
-        shards of rows on as many threads (this one included); return the batch's mean NLL, detached.
+        """Set every parameter's .grad (in place where it exists) to the gradient of the batch's mean NLL plus the
+        model's penalty, from `parts` shards of rows on as many threads (this one included); return the batch's mean
+        NLL, detached.
 
         x, y (B, T). `context()` is entered on each thread around its forward (autocast is per thread)."""
         tokens = [int((part != IGNORE).sum()) for part in y.tensor_split(parts)]
@@ -85,9 +86,9 @@ class RowSplitter:
         penalty = self.model.penalty()
         if isinstance(penalty, torch.Tensor) and penalty.requires_grad:
             results.append((torch.zeros(()), torch.autograd.grad(penalty, self.params, allow_unused=True)))
-        for param in self.params:
-            param.grad = None
         if not results:  # a batch of padding only: the unsplit forward says what that gives (NaN)
+            for param in self.params:
+                param.grad = None if param.grad is None else param.grad.zero_()
             with context():
                 return forward(x, y)[1].detach()
         loss, grads = results[0][0], list(results[0][1])
@@ -100,5 +101,10 @@ class RowSplitter:
             for i, total in zip(both, sums):
                 grads[i] = total
         for param, grad in zip(self.params, grads):
-            param.grad = grad
+            if param.grad is None:
+                param.grad = grad
+            elif grad is None:
+                param.grad.zero_()
+            else:  # in place: the optimizer may keep the gradients in one buffer (optim.FlatAdamW)
+                param.grad.copy_(grad)
         return loss

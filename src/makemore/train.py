@@ -30,6 +30,7 @@ from .diagnostics import DIAGNOSTICS_FILE, TENSORBOARD_HINT, Observer, grad_norm
 from .errors import MakemoreError
 from .models import LanguageModel
 from .models.base import detach_state, map_state
+from .optim import FlatAdamW
 from .row_split import RowSplitter
 
 
@@ -54,6 +55,10 @@ class TrainConfig:
     bucket: bool = field(True, "group training items of similar length into batches (less padding)")
     pack: bool = field(
         True, "models that restart at item boundaries (packable) read several items per row: batch_size rows"
+    )
+    pack_width: int = field(
+        0, "slots per packed row (0: the longest item's length); a batch keeps its batch_size x longest-item slots "
+        "in fewer, wider rows, which fill better (names: 93.5 percent of the slots in rows of 16, 99.8 in rows of 32)"
     )
     seed: int = field(1337, "seed for the data split, initialisation, batches and sampling")
     device: str = field("auto", "cpu, cuda, mps, or auto (cuda, then mps, then cpu)")
@@ -86,6 +91,7 @@ class TrainConfig:
             "eval_every, eval_batch_size and log_every must be >= 1",
         )
         check(self.patience >= 0 and self.threads >= 0, "patience and threads must be >= 0")
+        check(0 <= self.pack_width <= 1 << 16, f"pack_width must be in 0..{1 << 16}, got {self.pack_width}")
         check(0 <= self.ema < 1, f"ema must be in [0, 1), got {self.ema}")
         # upper limits: a typo such as an extra zero should fail here, not exhaust memory half an hour later
         check(self.batch_size <= 1 << 16, f"batch_size must be <= {1 << 16}, got {self.batch_size}")
@@ -309,13 +315,20 @@ class ThreadChooser:
         torch.set_num_threads(1 if split else threads)
 
 
-def build_optimizer(model: LanguageModel, config: TrainConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: LanguageModel, config: TrainConfig, flat: bool = False) -> torch.optim.Optimizer:
+    """SGD or AdamW as configured; `flat`: AdamW over flat buffers (`optim.FlatAdamW`, which takes over the
+    parameters' storage), for single-process eager training without a gradient scaler."""
     # Weight decay on matrices and embeddings only: decaying biases and norm gains only hurts (nanoGPT).
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+    if flat:
+        try:
+            return FlatAdamW(groups, lr=config.lr, betas=(0.9, 0.99))
+        except (RuntimeError, TypeError, ValueError):  # no fused CPU kernel in this PyTorch, or mixed tensors
+            pass
     try:  # the fused kernel is one call per step instead of a Python loop over parameters
         return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.99), fused=True)
     except (RuntimeError, TypeError):
@@ -328,26 +341,40 @@ class WeightAverage:
     updates the weights themselves; evaluation, the best checkpoint and so sampling see the average. The decay
     ramps up as (1 + step) / (10 + step) so early averages do not remember the random initialisation."""
 
-    def __init__(self, model: LanguageModel, decay: float):
+    def __init__(self, model: LanguageModel, decay: float, flat: list[torch.Tensor] | None = None):
+        """`flat`: buffers that hold all of the model's parameters as views (`optim.FlatAdamW.flat_params`); the
+        average then lives in buffers of the same layout, and an update is one operation per buffer."""
         self.decay = decay
         self.params = list(model.parameters())  # tied weights appear once
-        self.average = [p.detach().clone() for p in self.params]
+        if flat is None or sum(f.numel() for f in flat) != sum(p.numel() for p in self.params):
+            flat = None
+        # what is averaged, in one tensor per buffer or per parameter; self.average: per parameter (views if flat)
+        self.weights = [f.detach() for f in flat] if flat is not None else [p.detach() for p in self.params]
+        self.averaged = [w.clone() for w in self.weights]
+        self.average = [self._view_of(p, flat) for p in self.params] if flat is not None else self.averaged
+
+    def _view_of(self, param: torch.Tensor, flat: list[torch.Tensor]) -> torch.Tensor:
+        for buffer, average in zip(flat, self.averaged):
+            offset = (param.data_ptr() - buffer.data_ptr()) // param.element_size()
+            if 0 <= offset < buffer.numel():
+                return average[offset : offset + param.numel()].view_as(param)
+        raise ValueError("a parameter outside the flat buffers")
 
     def update(self, step: int) -> None:
         decay = min(self.decay, (1 + step) / (10 + step))
-        torch._foreach_lerp_(self.average, [p.detach() for p in self.params], 1 - decay)
+        torch._foreach_lerp_(self.averaged, self.weights, 1 - decay)
 
     @contextlib.contextmanager
     def applied(self):
         """The average in the model's parameters for the duration, the trained weights back after."""
-        trained = [p.detach().clone() for p in self.params]
+        trained = [w.clone() for w in self.weights]
         with torch.no_grad():
-            torch._foreach_copy_([p.detach() for p in self.params], self.average)
+            torch._foreach_copy_(self.weights, self.averaged)
         try:
             yield
         finally:
             with torch.no_grad():
-                torch._foreach_copy_([p.detach() for p in self.params], trained)
+                torch._foreach_copy_(self.weights, trained)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {str(i): t for i, t in enumerate(self.average)}
@@ -397,9 +424,13 @@ class Trainer:
         self.state = TrainState()
         self.checkpoint_step: int | None = None  # step of the last checkpoint written or restored
         self.skipped_step, self.skipped_steps, self.nonfinite_streak = False, 0, 0  # --skip-nonfinite bookkeeping
-        self.optimizer = build_optimizer(model, config) if model.trainable else None
-        self.average = WeightAverage(model, config.ema) if config.ema > 0 and model.trainable else None
         self.scaler = make_grad_scaler(self.device, config.dtype) if model.trainable else None
+        flat = not self.dist.enabled and not config.compile and self.scaler is None  # (DDP, compile: untried)
+        self.optimizer = build_optimizer(model, config, flat) if model.trainable else None
+        # what gradient clipping measures: the flat gradient buffers where the optimizer has them (two tensors)
+        self.gradient_holders = getattr(self.optimizer, "flat_params", None) or list(model.parameters())
+        flat = getattr(self.optimizer, "flat_params", None)
+        self.average = WeightAverage(model, config.ema, flat) if config.ema > 0 and model.trainable else None
         self.warnings: list[str] = []  # also sent as "warning" events; these lists those from before on_event was set
         self.eager_forward, self.train_forward = self.wrap_for_training()
         # Every rank draws the same global batch from the same seeded sampler and keeps its slice of rows, so the
@@ -414,7 +445,7 @@ class Trainer:
         if make_sampler is not None:
             self.sampler = make_sampler(self.global_batch, config.seed)
         elif config.pack and model.packable:  # rows of several items, the model restarting at each: ~no padding
-            self.sampler = PackedSampler(splits["train"], self.global_batch, config.seed)
+            self.sampler = PackedSampler(splits["train"], self.global_batch, config.seed, width=config.pack_width)
         else:
             self.sampler = LengthBucketSampler(splits["train"], self.global_batch, config.seed, bucket=config.bucket)
         # A sampler that carries state (stream mode, --stateful) feeds consecutive windows of the same streams: the
@@ -696,13 +727,13 @@ class Trainer:
         if self.config.grad_clip > 0:
             if self.scaler is not None:
                 self.scaler.unscale_(self.optimizer)  # clip the true gradient, not the fp16-scaled one
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(self.gradient_holders, self.config.grad_clip)
         self.skipped_step = False
         # fp16: the GradScaler itself skips updates with NaN/inf gradients (and must see every step to adjust its
         # scale), so this check is for the unscaled dtypes.
         if self.config.skip_nonfinite and self.scaler is None:  # NaN/inf must not reach the weights nor the moments
             if norm is None:
-                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), math.inf)
+                norm = torch.nn.utils.clip_grad_norm_(self.gradient_holders, math.inf)
             # the gradient is all-reduced, so every rank takes the same decision from its norm
             if not finite_norm(norm) or (not self.dist.enabled and not math.isfinite(loss.item())):
                 self.optimizer.zero_grad(set_to_none=True)

@@ -34,7 +34,7 @@ KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values (B,
 KERNEL_MAX_ROWS = 8  # batches up to this size step through the compiled kernel (transformer_kernel.py) ...
 KERNEL_AFTER_DECODES = 8  # ... once this many decodes have started in the process (loading it costs ~0.5 s)
 CACHE_POOL_BYTES = 256 << 20  # decoding-cache memory a model keeps for reuse (see CachePool)
-# Windows up to this many positions attend through attention_kernel.py on a CPU. It visits only the allowed pairs,
+# Items up to this many positions attend through attention_kernel.py on a CPU. It visits only the allowed pairs,
 # so it wins where packing leaves few of them (names, 16 wide: forward + backward 0.7 ms vs 1.3 ms per layer, batch
 # 32, 1 thread); on full causal windows of 32+ positions PyTorch's kernel is 1.7-3x faster (1 thread).
 COMPILED_ATTENTION_MAX_T = 16
@@ -126,7 +126,7 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         qkv, (q, k, v) = self.qkv(x)
         dropout = self.attn_dropout if self.training else 0.0
-        compiled = visible.compiled and T <= COMPILED_ATTENTION_MAX_T and qkv.dtype == torch.float32 and not dropout
+        compiled = visible.compiled and qkv.dtype == torch.float32 and not dropout
         kernel = _attention_kernel() if compiled else None
         if kernel is not None:
             backward = torch.is_grad_enabled() and qkv.requires_grad
@@ -260,12 +260,17 @@ class Transformer(LanguageModel):
         """Embeddings (B, T, C) of a window read from position 0, and which keys its queries see."""
         starts = segment_starts(idx)  # (B, T)
         t = torch.arange(idx.size(1), device=idx.device)
-        x = self.drop(self.wte(idx) + self.wpe(t - starts))  # (B, T, C): positions restart at each boundary
+        positions = t - starts  # (B, T): positions restart at each boundary
+        x = self.drop(self.wte(idx) + self.wpe(positions))  # (B, T, C)
+        # the compiled kernel's work grows with the pairs it visits, PyTorch's with T^2: the kernel for short items
         compiled = idx.device.type == "cpu" and not torch.compiler.is_compiling()
+        if compiled and idx.size(1) > COMPILED_ATTENTION_MAX_T:
+            compiled = int(positions.max()) < COMPILED_ATTENTION_MAX_T
         return x, Visibility(starts, compiled)
 
     def _run(self, idx: torch.Tensor) -> tuple[torch.Tensor, KVCache]:
-        """Tokens idx (B, T <= block_size) at positions 0.. -> logits (B, T, V) and the keys/values of every layer."""
+        """Tokens idx (B, T) read from position 0, no item longer than block_size -> logits (B, T, V) and the
+        keys/values of every layer."""
         x, visible = self._window(idx)
         cache = []
         for block in self.blocks:
@@ -276,8 +281,10 @@ class Transformer(LanguageModel):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         B, T = idx.shape
         bs = self.config.block_size
-        logits, _ = self._run(idx[:, :bs])  # (B, min(T, bs), V)
-        if T > bs:  # sliding window: position t sees tokens t - bs + 1 .. t, read from position 0
+        # packed rows wider than block_size whose items all fit it (positions restart at boundaries): one pass
+        whole = T > bs and int((torch.arange(T, device=idx.device) - segment_starts(idx)).max()) < bs
+        logits, _ = self._run(idx if whole else idx[:, :bs])  # (B, T or min(T, bs), V)
+        if T > bs and not whole:  # sliding window: position t sees tokens t - bs + 1 .. t, read from position 0
             windows = idx.unfold(1, bs, 1)[:, 1:].reshape(-1, bs)  # (B * (T - bs), bs)
             late = [self._run(chunk)[0][:, -1] for chunk in windows.split(4096)]  # bounded memory per chunk
             logits = torch.cat([logits, torch.cat(late).view(B, T - bs, -1)], dim=1)  # (B, T, V)
