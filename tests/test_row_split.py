@@ -10,6 +10,7 @@ from makemore.data import BOUNDARY, IGNORE, LineSplit, Vocab
 from makemore.models import MODELS, build_model
 from makemore.models.base import segment_starts
 from makemore.models.transformer import CompiledAttention, Visibility
+from makemore.optim import FlatAdamW
 from makemore.row_split import RowSplitter
 from makemore.train import ThreadChooser, TrainConfig, Trainer
 
@@ -23,6 +24,11 @@ def packed_batch(rows: int = 6, width: int = 12, vocab: int = 9, seed: int = 0) 
     y = torch.cat([x[:, 1:], torch.full((rows, 1), BOUNDARY)], dim=1)
     y[-1, -3:] = IGNORE
     return x, y
+
+
+def build_optimizer_groups(model) -> list[dict]:
+    params = list(model.parameters())
+    return [{"params": [p for p in params if p.dim() >= 2]}, {"params": [p for p in params if p.dim() < 2]}]
 
 
 def tiny_transformer(dropout: float = 0.0, vocab_size: int = 9):
@@ -85,12 +91,14 @@ def test_compiled_attention_is_chosen_by_item_length_not_row_width(monkeypatch):
 
 
 @pytest.mark.parametrize("parts", [2, 3])
-def test_shards_sum_to_the_whole_batch_gradient(parts):
+@pytest.mark.parametrize("flat", [False, True])  # gradients summed per parameter, or per flat buffer (FlatAdamW)
+def test_shards_sum_to_the_whole_batch_gradient(parts, flat):
     model = tiny_transformer()
     x, y = packed_batch()
     _, loss = model(x, y)
     expected = torch.autograd.grad(loss, list(model.parameters()))
-    splitter = RowSplitter(model, seed=0)
+    layout = FlatAdamW(build_optimizer_groups(model), lr=1e-3, betas=(0.9, 0.99)).layout() if flat else None
+    splitter = RowSplitter(model, seed=0, flat=layout)
     try:
         got_loss = splitter.gradients(model, x, y, step=0, parts=parts, context=torch.enable_grad)
     finally:

@@ -57,6 +57,10 @@ class FlatAdamW(torch.optim.AdamW):
         self.flat_params.append(flat)
         self.moments.append((exp_avg, exp_avg_sq, step))
 
+    def layout(self) -> list[tuple[torch.nn.Parameter, list[torch.Tensor]]]:
+        """(flat buffer, the parameters it holds in order) per group."""
+        return [(flat, list(group["params"])) for flat, group in zip(self.flat_params, self.param_groups)]
+
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
         loss = None

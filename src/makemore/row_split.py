@@ -26,10 +26,17 @@ def shard_seed(seed: int, step: int, shard: int) -> int:
 
 
 class RowSplitter:
-    def __init__(self, model: LanguageModel, seed: int):
+    def __init__(
+        self, model: LanguageModel, seed: int, flat: list[tuple[torch.Tensor, list[torch.Tensor]]] | None = None
+    ):
+        """`flat`: (buffer, its parameters in order) where the optimizer keeps the parameters and gradients in flat
+        buffers (`optim.FlatAdamW.layout()`): the shards' gradients are then summed as one tensor per buffer."""
         self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.seed = seed
+        self.flat = flat
+        if flat is not None and sorted(id(p) for _, ps in flat for p in ps) != sorted(id(p) for p in self.params):
+            raise ValueError("the flat buffers must hold exactly the trainable parameters")
         self.pool: ThreadPoolExecutor | None = None
         self.pool_size = 0
 
@@ -91,9 +98,14 @@ class RowSplitter:
                 param.grad = None if param.grad is None else param.grad.zero_()
             with context():
                 return forward(x, y)[1].detach()
-        loss, grads = results[0][0], list(results[0][1])
-        for part, more in results[1:]:  # in shard order: the sum is the same on every run
+        loss = results[0][0]
+        for part, _ in results[1:]:
             loss = loss + part
+        if self.flat is not None:
+            self._sum_into_buffers([grads for _, grads in results])
+            return loss
+        grads = list(results[0][1])
+        for _, more in results[1:]:  # in shard order: the sum is the same on every run
             both = [i for i, (g, h) in enumerate(zip(grads, more)) if g is not None and h is not None]
             # out of place: autograd may hand the same tensor to two parameters, or keep a reference to it
             sums = torch._foreach_add([grads[i] for i in both], [more[i] for i in both])
@@ -108,3 +120,15 @@ class RowSplitter:
             else:  # in place: the optimizer may keep the gradients in one buffer (optim.FlatAdamW)
                 param.grad.copy_(grad)
         return loss
+
+    def _sum_into_buffers(self, shard_grads: list[tuple[torch.Tensor | None, ...]]) -> None:
+        """Each buffer's gradient = the shards' gradients summed in shard order (as the per-parameter sum does)."""
+        position = {id(p): i for i, p in enumerate(self.params)}
+        for buffer, params in self.flat or []:
+            for shard, grads in enumerate(shard_grads):
+                parts = [grads[position[id(p)]] for p in params]
+                flat = [torch.zeros_like(p) if g is None else g for g, p in zip(parts, params)]
+                if shard == 0:
+                    torch.cat([g.reshape(-1) for g in flat], out=buffer.grad)
+                else:
+                    buffer.grad.add_(torch.cat([g.reshape(-1) for g in flat]))

@@ -456,7 +456,8 @@ class Trainer:
         # --diagnostics (forward hooks, only on logged steps) and --tensorboard; a no-op when both are off
         self.observer = Observer(model, self.optimizer, self.run_dir, config.diagnostics, config.tensorboard, IGNORE)
         auto_threads = config.threads == 0 and self.device.type == "cpu" and not self.dist.enabled
-        self.splitter = RowSplitter(model, config.seed) if auto_threads and self.can_split_rows() else None
+        layout = self.optimizer.layout() if isinstance(self.optimizer, FlatAdamW) else None
+        self.splitter = RowSplitter(model, config.seed, layout) if auto_threads and self.can_split_rows() else None
         self.thread_chooser = ThreadChooser(auto_threads and model.trainable, split=self.splitter is not None)
         if config.tensorboard and not self.observer.want_tensorboard:
             self.warn(TENSORBOARD_HINT)
