@@ -20,8 +20,9 @@ import numpy as np
 
 
 def _jit(fn):
-    # fastmath lets the loops over a head's dimensions vectorise (reassociated sums); inputs are finite
-    return numba.njit(cache=True, fastmath=True, nogil=True)(fn)
+    # fastmath lets the loops over a head's dimensions vectorise (reassociated sums); inputs are finite. NumPy's
+    # error model: no zero-division checks (softmax sums are >= 1): backward 226 vs 256 us (batch 16 x 32, 1 thread)
+    return numba.njit(cache=True, fastmath=True, nogil=True, error_model="numpy")(fn)
 
 
 @_jit
