@@ -14,10 +14,18 @@ has a zero gradient: its moments decay and weight decay applies). State dicts ha
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
+
+
+def views(buffer: torch.Tensor, params: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(parameter, the consecutive slice of `buffer` shaped like it), in order."""
+    offset = 0
+    for p in params:
+        yield p, buffer[offset : offset + p.numel()].view_as(p)
+        offset += p.numel()
 
 
 class FlatAdamW(torch.optim.AdamW):
@@ -41,19 +49,13 @@ class FlatAdamW(torch.optim.AdamW):
         flat.grad = torch.zeros_like(flat)
         exp_avg, exp_avg_sq = torch.zeros_like(flat), torch.zeros_like(flat)
         step = torch.zeros((), dtype=torch.float32, device=first.device)  # as AdamW(fused=True) keeps it
-        offset = 0
         with torch.no_grad():
-            for p in params:
-                end = offset + p.numel()
-                flat[offset:end].copy_(p.reshape(-1))
-                p.data = flat.data[offset:end].view_as(p)
-                p.grad = flat.grad[offset:end].view_as(p)
-                self.state[p] = {
-                    "step": step,
-                    "exp_avg": exp_avg[offset:end].view_as(p),
-                    "exp_avg_sq": exp_avg_sq[offset:end].view_as(p),
-                }
-                offset = end
+            for (p, weights), (_, grad), (_, m), (_, v) in zip(
+                views(flat.data, params), views(flat.grad, params), views(exp_avg, params), views(exp_avg_sq, params)
+            ):
+                weights.copy_(p)
+                p.data, p.grad = weights, grad
+                self.state[p] = {"step": step, "exp_avg": m, "exp_avg_sq": v}
         self.flat_params.append(flat)
         self.moments.append((exp_avg, exp_avg_sq, step))
 
@@ -83,25 +85,21 @@ class FlatAdamW(torch.optim.AdamW):
         """Zero the flat gradients (never None: backward must add into the views, not replace them)."""
         for group, flat in zip(self.param_groups, self.flat_params):
             flat.grad.zero_()
-            offset, base, size = 0, flat.grad.data_ptr(), flat.grad.element_size()
-            for p in group["params"]:  # anything that replaced a parameter's .grad gets its view back
-                if p.grad is None or p.grad.data_ptr() != base + offset * size:
-                    p.grad = flat.grad[offset : offset + p.numel()].view_as(p)
-                offset += p.numel()
+            for p, grad in views(flat.grad, group["params"]):  # a replaced .grad gets its view back
+                if p.grad is None or p.grad.data_ptr() != grad.data_ptr():
+                    p.grad = grad
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load an AdamW state (per parameter, from either class) into the flat moments."""
         super().load_state_dict(state_dict)  # replaces self.state with copies
         for group, (exp_avg, exp_avg_sq, step) in zip(self.param_groups, self.moments):
             steps = [self.state[p]["step"] for p in group["params"] if "step" in self.state.get(p, {})]
-            step.fill_(float(max(steps)) if steps else 0.0)  # one count per group; AdamW's agree unless some were
-            offset = 0  # skipped for lack of a gradient
-            for p in group["params"]:
-                end = offset + p.numel()
+            # one count per group: AdamW's per-parameter counts agree unless some parameter lacked a gradient
+            step.fill_(float(max(steps)) if steps else 0.0)
+            params = group["params"]
+            for (p, m), (_, v) in zip(views(exp_avg, params), views(exp_avg_sq, params)):
                 loaded = self.state.get(p, {})
-                moments = (exp_avg[offset:end].view_as(p), exp_avg_sq[offset:end].view_as(p))
                 with torch.no_grad():
-                    for key, view in zip(("exp_avg", "exp_avg_sq"), moments):
+                    for key, view in (("exp_avg", m), ("exp_avg_sq", v)):
                         view.copy_(loaded[key]) if key in loaded else view.zero_()
-                self.state[p] = {"step": step, "exp_avg": moments[0], "exp_avg_sq": moments[1]}
-                offset = end
+                self.state[p] = {"step": step, "exp_avg": m, "exp_avg_sq": v}
