@@ -99,8 +99,8 @@ def test_weight_average_follows_the_decay_schedule(flat):
     (weight,) = model.parameters()
     with torch.no_grad():
         weight.fill_(0.0)
-    buffers = FlatAdamW([{"params": [weight]}], lr=0.1, betas=(0.9, 0.99)).flat_params if flat else None
-    average = WeightAverage(model, decay=0.5, flat=buffers)
+    layout = FlatAdamW([{"params": [weight]}], lr=0.1, betas=(0.9, 0.99)).layout() if flat else None
+    average = WeightAverage(model, decay=0.5, layout=layout)
     assert (average.averaged[0].numel() == weight.numel()) and len(average.average) == 1
     with torch.no_grad():
         weight.fill_(1.0)

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+FlatLayout = list[tuple[torch.nn.Parameter, list[torch.Tensor]]]  # (flat buffer, the parameters it holds in order)
+
 
 def views(buffer: torch.Tensor, params: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(parameter, the consecutive slice of `buffer` shaped like it), in order."""
@@ -59,7 +61,7 @@ class FlatAdamW(torch.optim.AdamW):
         self.flat_params.append(flat)
         self.moments.append((exp_avg, exp_avg_sq, step))
 
-    def layout(self) -> list[tuple[torch.nn.Parameter, list[torch.Tensor]]]:
+    def layout(self) -> FlatLayout:
         """(flat buffer, the parameters it holds in order) per group."""
         return [(flat, list(group["params"])) for flat, group in zip(self.flat_params, self.param_groups)]
 

@@ -18,6 +18,7 @@ import torch
 from .data import IGNORE
 from .models import LanguageModel
 from .models.base import dropout_generator
+from .optim import FlatLayout
 
 
 def shard_seed(seed: int, step: int, shard: int) -> int:
@@ -26,9 +27,7 @@ def shard_seed(seed: int, step: int, shard: int) -> int:
 
 
 class RowSplitter:
-    def __init__(
-        self, model: LanguageModel, seed: int, flat: list[tuple[torch.Tensor, list[torch.Tensor]]] | None = None
-    ):
+    def __init__(self, model: LanguageModel, seed: int, flat: FlatLayout | None = None):
         """`flat`: (buffer, its parameters in order) where the optimizer keeps the parameters and gradients in flat
         buffers (`optim.FlatAdamW.layout()`): the shards' gradients are then summed as one tensor per buffer."""
         self.model = model

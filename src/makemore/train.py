@@ -30,7 +30,7 @@ from .diagnostics import DIAGNOSTICS_FILE, TENSORBOARD_HINT, Observer, grad_norm
 from .errors import MakemoreError
 from .models import LanguageModel
 from .models.base import detach_state, map_state
-from .optim import FlatAdamW
+from .optim import FlatAdamW, FlatLayout, views
 from .row_split import RowSplitter
 
 
@@ -341,24 +341,22 @@ class WeightAverage:
     updates the weights themselves; evaluation, the best checkpoint and so sampling see the average. The decay
     ramps up as (1 + step) / (10 + step) so early averages do not remember the random initialisation."""
 
-    def __init__(self, model: LanguageModel, decay: float, flat: list[torch.Tensor] | None = None):
-        """`flat`: buffers that hold all of the model's parameters as views (`optim.FlatAdamW.flat_params`); the
+    def __init__(self, model: LanguageModel, decay: float, layout: FlatLayout | None = None):
+        """`layout`: the flat buffers holding the model's parameters as views (`optim.FlatAdamW.layout()`); the
         average then lives in buffers of the same layout, and an update is one operation per buffer."""
         self.decay = decay
         self.params = list(model.parameters())  # tied weights appear once
-        if flat is None or sum(f.numel() for f in flat) != sum(p.numel() for p in self.params):
-            flat = None
-        # what is averaged, in one tensor per buffer or per parameter; self.average: per parameter (views if flat)
-        self.weights = [f.detach() for f in flat] if flat is not None else [p.detach() for p in self.params]
+        if layout is not None and sorted(id(p) for _, ps in layout for p in ps) != sorted(map(id, self.params)):
+            layout = None  # (some parameters are not in the buffers: average them one by one)
+        if layout is None:
+            self.weights = [p.detach() for p in self.params]  # what is averaged: per buffer, or per parameter
+            self.averaged = [w.clone() for w in self.weights]
+            self.average = self.averaged  # per parameter, in model order (the state dict's layout)
+            return
+        self.weights = [buffer.detach() for buffer, _ in layout]
         self.averaged = [w.clone() for w in self.weights]
-        self.average = [self._view_of(p, flat) for p in self.params] if flat is not None else self.averaged
-
-    def _view_of(self, param: torch.Tensor, flat: list[torch.Tensor]) -> torch.Tensor:
-        for buffer, average in zip(flat, self.averaged):
-            offset = (param.data_ptr() - buffer.data_ptr()) // param.element_size()
-            if 0 <= offset < buffer.numel():
-                return average[offset : offset + param.numel()].view_as(param)
-        raise ValueError("a parameter outside the flat buffers")
+        view_of = {id(p): view for average, (_, ps) in zip(self.averaged, layout) for p, view in views(average, ps)}
+        self.average = [view_of[id(p)] for p in self.params]
 
     def update(self, step: int) -> None:
         decay = min(self.decay, (1 + step) / (10 + step))
@@ -427,10 +425,11 @@ class Trainer:
         self.scaler = make_grad_scaler(self.device, config.dtype) if model.trainable else None
         flat = not self.dist.enabled and not config.compile and self.scaler is None  # (DDP, compile: untried)
         self.optimizer = build_optimizer(model, config, flat) if model.trainable else None
-        # what gradient clipping measures: the flat gradient buffers where the optimizer has them (two tensors)
-        self.gradient_holders = getattr(self.optimizer, "flat_params", None) or list(model.parameters())
-        flat = getattr(self.optimizer, "flat_params", None)
-        self.average = WeightAverage(model, config.ema, flat) if config.ema > 0 and model.trainable else None
+        # where the optimizer keeps parameters and gradients in flat buffers: clipping, the weight average and the
+        # row shards' gradient sum work on those (two tensors) instead of ~50 parameters
+        self.layout = self.optimizer.layout() if isinstance(self.optimizer, FlatAdamW) else None
+        self.gradient_holders = [b for b, _ in self.layout] if self.layout else list(model.parameters())
+        self.average = WeightAverage(model, config.ema, self.layout) if config.ema > 0 and model.trainable else None
         self.warnings: list[str] = []  # also sent as "warning" events; these lists those from before on_event was set
         self.eager_forward, self.train_forward = self.wrap_for_training()
         # Every rank draws the same global batch from the same seeded sampler and keeps its slice of rows, so the
@@ -456,8 +455,8 @@ class Trainer:
         # --diagnostics (forward hooks, only on logged steps) and --tensorboard; a no-op when both are off
         self.observer = Observer(model, self.optimizer, self.run_dir, config.diagnostics, config.tensorboard, IGNORE)
         auto_threads = config.threads == 0 and self.device.type == "cpu" and not self.dist.enabled
-        layout = self.optimizer.layout() if isinstance(self.optimizer, FlatAdamW) else None
-        self.splitter = RowSplitter(model, config.seed, layout) if auto_threads and self.can_split_rows() else None
+        splitter = auto_threads and self.can_split_rows()
+        self.splitter = RowSplitter(model, config.seed, self.layout) if splitter else None
         self.thread_chooser = ThreadChooser(auto_threads and model.trainable, split=self.splitter is not None)
         if config.tensorboard and not self.observer.want_tensorboard:
             self.warn(TENSORBOARD_HINT)
