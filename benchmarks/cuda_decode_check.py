@@ -12,10 +12,10 @@ import time
 
 import torch
 
-from makemore.constraints import length_constraint
-from makemore.data import BOUNDARY
+from makemore.data.lines import BOUNDARY
+from makemore.generation.constraints import length_constraint
+from makemore.generation.sample import DecodeOptions, decode, generate_recompute
 from makemore.models import MODELS, build_model
-from makemore.sample import DecodeOptions, decode, generate_recompute
 
 
 def main() -> None:

@@ -33,12 +33,12 @@ from pathlib import Path
 import torch
 
 import makemore
-from makemore.cli import run as cli_run
-from makemore.constraints import ConstraintSpec, build_constraint
-from makemore.data import builtin_text, parse_items
+from makemore.cli.commands import run as cli_run
+from makemore.data.lines import builtin_text, parse_items
+from makemore.generation.constraints import ConstraintSpec, build_constraint
+from makemore.generation.novelty import NoveltyIndex
+from makemore.generation.sample import DecodeOptions, generate_recompute
 from makemore.models import MODELS
-from makemore.novelty import NoveltyIndex
-from makemore.sample import DecodeOptions, generate_recompute
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

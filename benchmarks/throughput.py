@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 
 from makemore import config as config_mod
-from makemore import distributed
-from makemore.data import IGNORE, LineSplit, Vocab, read_items
+from makemore.data.lines import IGNORE, LineSplit, Vocab, read_items
 from makemore.models import MODELS, build_model
-from makemore.train import TrainConfig, Trainer
+from makemore.training import distributed
+from makemore.training.trainer import TrainConfig, Trainer
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

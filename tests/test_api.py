@@ -11,8 +11,8 @@ from conftest import NAMES
 
 import makemore
 import makemore.errors
-from makemore.cli import main
-from makemore.novelty import NoveltyIndex
+from makemore.cli.commands import main
+from makemore.generation.novelty import NoveltyIndex
 
 
 def run_cli(capsys, *argv):
@@ -229,7 +229,7 @@ def exact_conditional(run, spec_test, max_len: int) -> dict[str, float]:
     import itertools
     import math
 
-    from makemore.scoring import score_items
+    from makemore.generation.scoring import score_items
 
     alphabet = run.vocab.chars
     strings = ["".join(c) for n in range(1, max_len + 1) for c in itertools.product(alphabet, repeat=n)]

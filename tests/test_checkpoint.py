@@ -3,11 +3,11 @@ import os
 import pytest
 import torch
 
-from makemore import checkpoint as ckpt
-from makemore.data import LineSplit, Vocab
+from makemore.data.lines import LineSplit, Vocab
 from makemore.errors import MakemoreError
 from makemore.models import MODELS, build_model
-from makemore.train import TrainConfig, Trainer
+from makemore.runs import checkpoint as ckpt
+from makemore.training.trainer import TrainConfig, Trainer
 
 
 def test_atomic_write_interrupted_mid_write_keeps_the_old_file(tmp_path, monkeypatch):
@@ -65,8 +65,9 @@ def test_stop_and_resume_gives_the_same_loss_curve_as_an_uninterrupted_run(tmp_p
         lines = (run / "metrics.jsonl").read_text().splitlines()
         return [line for line in lines if '"train"' in line]
 
-    strip = lambda lines: [line.split('"elapsed"')[0] + line.split('"lr"')[1].split('"tokens_per_s"')[0]  # noqa: E731
-                           for line in lines]
+    def strip(lines):
+        return [line.split('"elapsed"')[0] + line.split('"lr"')[1].split('"tokens_per_s"')[0] for line in lines]
+
     assert strip(losses(tmp_path / "a")) == strip(losses(tmp_path / "b"))
     for name, tensor in straight.model.state_dict().items():
         assert torch.equal(tensor, second.model.state_dict()[name]), name
@@ -92,8 +93,8 @@ def test_ema_evaluates_and_keeps_the_average_and_trains_the_weights(tmp_path, na
 
 @pytest.mark.parametrize("flat", [False, True])
 def test_weight_average_follows_the_decay_schedule(flat):
-    from makemore.optim import FlatAdamW
-    from makemore.train import WeightAverage
+    from makemore.training.optim import FlatAdamW
+    from makemore.training.trainer import WeightAverage
 
     model = build_model("bigram", MODELS["bigram"].config_class(), 3)
     (weight,) = model.parameters()

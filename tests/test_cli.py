@@ -4,10 +4,24 @@ import sys
 
 import pytest
 
-from makemore.cli import main
+from makemore.cli.commands import main
 
-TINY = ["--model", "mlp", "--n-embd", "4", "--n-hidden", "16", "--batch-size", "8", "--eval-every", "5",
-        "--log-every", "5", "--samples", "3"]
+TINY = [
+    "--model",
+    "mlp",
+    "--n-embd",
+    "4",
+    "--n-hidden",
+    "16",
+    "--batch-size",
+    "8",
+    "--eval-every",
+    "5",
+    "--log-every",
+    "5",
+    "--samples",
+    "3",
+]
 
 
 def run_cli(capsys, *argv):
@@ -41,8 +55,9 @@ def test_end_to_end_train_sample_eval_score_resume(capsys, tmp_path, names_file)
     assert code == 0, err
     result = json.loads(out)
     assert set(result) == {"train", "val", "test"}
-    assert result["val"]["tokens"] > 0 and result["val"]["ppl"] == pytest.approx(2.718281828 ** result["val"]["nll"],
-                                                                                  rel=1e-4)
+    assert result["val"]["tokens"] > 0 and result["val"]["ppl"] == pytest.approx(
+        2.718281828 ** result["val"]["nll"], rel=1e-4
+    )
     code, out, err = run_cli(capsys, "score", run, "emma", "ava")
     assert code == 0 and out.count("logprob") == 2
 
@@ -54,8 +69,9 @@ def test_end_to_end_train_sample_eval_score_resume(capsys, tmp_path, names_file)
 
 
 def test_count_model_fits_in_closed_form(capsys, tmp_path, names_file):
-    code, out, err = run_cli(capsys, "train", "-i", names_file, "--out", tmp_path / "ng", "--model", "ngram",
-                             "--order", 2, "--samples", 0)
+    code, out, err = run_cli(
+        capsys, "train", "-i", names_file, "--out", tmp_path / "ng", "--model", "ngram", "--order", 2, "--samples", 0
+    )
     assert code == 0, err
     assert "stopped: fitted" in out
 
@@ -92,9 +108,25 @@ def bad_inputs(tmp_path, names_file):
     }
 
 
-@pytest.mark.parametrize("case", [
-    "missing file", "empty file", "binary file", "non-utf8", "long line", "unknown model", "bad flag value",
-    "negative lr", "unknown flag", "bad split", "existing run", "missing run", "corrupt run", "unknown command"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing file",
+        "empty file",
+        "binary file",
+        "non-utf8",
+        "long line",
+        "unknown model",
+        "bad flag value",
+        "negative lr",
+        "unknown flag",
+        "bad split",
+        "existing run",
+        "missing run",
+        "corrupt run",
+        "unknown command",
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, names_file, case):
     argv = bad_inputs(tmp_path, names_file)[case]
     if argv[0] == "train" and "--out" not in argv:
@@ -115,13 +147,14 @@ def test_unknown_characters_at_sample_and_score_time(capsys, tmp_path, names_fil
 
 
 def test_console_script_entry_point(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "makemore", "train", "-i", str(tmp_path / "nope")],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "makemore", "train", "-i", str(tmp_path / "nope")], capture_output=True, text=True
+    )
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
 
 
 def test_preset_sets_defaults_that_flags_still_override(tmp_path, names_file):
-    from makemore import cli
+    from makemore.cli import commands as cli
 
     run_dir = tmp_path / "fast"
     argv = ["train", "-i", str(names_file), "--model", "transformer", "--preset", "fast", "--n-embd", "16"]

@@ -6,7 +6,7 @@ import pytest
 from makemore import config
 from makemore.errors import MakemoreError
 from makemore.models import MODELS
-from makemore.train import TrainConfig
+from makemore.training.trainer import TrainConfig
 
 
 @dataclass
@@ -46,9 +46,7 @@ def test_every_config_round_trips_and_no_flag_clashes_with_training(name):
     config.replace(TrainConfig(), **spec.train_defaults)
 
 
-@pytest.mark.parametrize(
-    "model, preset", [(name, preset) for name, spec in MODELS.items() for preset in spec.presets]
-)
+@pytest.mark.parametrize("model, preset", [(name, preset) for name, spec in MODELS.items() for preset in spec.presets])
 def test_every_preset_names_real_settings(model, preset):
     spec = MODELS[model]
     chosen = spec.presets[preset]

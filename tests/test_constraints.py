@@ -15,13 +15,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from makemore.constraints import ConstraintSpec, Unsatisfiable, build_constraint
-from makemore.data import LineSplit, Vocab
+from makemore.data.lines import LineSplit, Vocab
 from makemore.errors import MakemoreError
+from makemore.generation.constraints import ConstraintSpec, Unsatisfiable, build_constraint
+from makemore.generation.sample import DecodeOptions, beam_search, decode, decode_smc
+from makemore.generation.scoring import score_items
 from makemore.models import MODELS, build_model
 from makemore.models.ngram import NGramConfig
-from makemore.sample import DecodeOptions, beam_search, decode, decode_smc
-from makemore.scoring import score_items
 
 ITEMS = ["ab", "abc", "ba", "c", "aab", "bca", "cab", "a", "ca", "bb", "acb", "cc"]
 VOCAB = Vocab.from_texts(ITEMS)  # a b c

@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from makemore.data import LineSplit, Vocab
+from makemore.data.lines import LineSplit, Vocab
 from makemore.models import MODELS, build_model
-from makemore.train import evaluate
+from makemore.training.trainer import evaluate
 
 
 def fitted_bigram(items, k):

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from makemore.data import (
+from makemore.data.lines import (
     BOUNDARY,
     IGNORE,
     LengthBucketSampler,
@@ -16,7 +16,7 @@ from makemore.data import (
 )
 from makemore.errors import MakemoreError
 from makemore.models import MODELS, build_model
-from makemore.train import evaluate
+from makemore.training.trainer import evaluate
 
 
 def test_vocab_round_trip_with_dots_spaces_and_non_ascii():

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from makemore import distributed
-from makemore.cli import main
+from makemore.cli.commands import main
 from makemore.errors import MakemoreError
+from makemore.training import distributed
 
 # A tiny MLP without dropout (dropout noise cannot match between 1 and 2 processes), a constant and fairly large
 # learning rate so a wrongly weighted gradient shows in the next step's loss, and a global batch of 7 that splits

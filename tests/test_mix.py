@@ -5,12 +5,12 @@ import pytest
 import torch
 from conftest import NAMES
 
-from makemore import checkpoint as ckpt
-from makemore.cli import main
-from makemore.data import LineSplit, Vocab
+from makemore.cli.commands import main
+from makemore.data.lines import LineSplit, Vocab
 from makemore.models import MODELS, build_model
 from makemore.models.mix import Mix, MixConfig, fit_weights, member_log_probs, mixture_nll
-from makemore.train import evaluate
+from makemore.runs import checkpoint as ckpt
+from makemore.training.trainer import evaluate
 
 TRAIN = NAMES[:22]
 VAL = ["chloe", "victoria", "madison", "eleanor", "grace", "nora", "riley", "zoey", "emma", "bella", "amelia"]

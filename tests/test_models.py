@@ -16,10 +16,10 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 from torch import nn
 
-from makemore import checkpoint as ckpt
-from makemore.data import BOUNDARY, IGNORE, LineSplit, PackedSampler, Vocab
+from makemore.data.lines import BOUNDARY, IGNORE, LineSplit, PackedSampler, Vocab
 from makemore.models import MODELS, LanguageModel, build_model
-from makemore.train import TrainConfig, build_optimizer
+from makemore.runs import checkpoint as ckpt
+from makemore.training.trainer import TrainConfig, build_optimizer
 
 # Tiny configs, keyed by registry name: config-field overrides, or a function vocab_size -> model for models that
 # need more than a config to exist. Sequences in the tests (T = 12) are longer than every finite context here, so
@@ -342,8 +342,8 @@ def test_cache_pool_reuses_memory_only_once_no_state_holds_it():
 @pytest.mark.parametrize("compiled", [False, True])
 def test_transformer_decodes_repeat_exactly_on_reused_cache_memory(compiled):
     """Buffers that come back from the pool hold an earlier decode's keys and values: nothing may read them."""
-    from makemore.constraints import length_constraint
-    from makemore.sample import decode
+    from makemore.generation.constraints import length_constraint
+    from makemore.generation.sample import decode
 
     if compiled:
         pytest.importorskip("numba")

@@ -6,11 +6,11 @@ import pytest
 import torch
 from conftest import NAMES
 
-from makemore import checkpoint as ckpt
-from makemore.data import LineSplit, Vocab
+from makemore.data.lines import LineSplit, Vocab
 from makemore.errors import MakemoreError
 from makemore.models.ngram import NGram, NGramConfig, context_windows
-from makemore.train import evaluate
+from makemore.runs import checkpoint as ckpt
+from makemore.training.trainer import evaluate
 
 TRAIN = NAMES[:22]
 VAL = ["chloe", "victoria", "madison", "eleanor", "grace", "nora", "riley", "zoey", "emma", "bella"]

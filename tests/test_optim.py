@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from makemore.models import MODELS, build_model
-from makemore.optim import FlatAdamW
-from makemore.train import TrainConfig, build_optimizer
+from makemore.training.optim import FlatAdamW
+from makemore.training.trainer import TrainConfig, build_optimizer
 
 TINY = {
     "transformer": {"block_size": 6, "n_layer": 2, "n_head": 2, "n_embd": 16},

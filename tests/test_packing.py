@@ -7,9 +7,9 @@ import random
 import pytest
 import torch
 
-from makemore.data import BOUNDARY, IGNORE, LengthBucketSampler, LineSplit, PackedSampler, Vocab, pack_rows
+from makemore.data.lines import BOUNDARY, IGNORE, LengthBucketSampler, LineSplit, PackedSampler, Vocab, pack_rows
 from makemore.models import MODELS, build_model
-from makemore.train import TrainConfig, Trainer
+from makemore.training.trainer import TrainConfig, Trainer
 
 ITEMS = ["".join(random.Random(i).choices("abcdefghij", k=random.Random(-i).randint(1, 12))) for i in range(300)]
 VOCAB = Vocab.from_texts(ITEMS)

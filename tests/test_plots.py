@@ -13,14 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from makemore import diagnostics, plots
-from makemore.cli import main
-from makemore.data import LineSplit, Vocab
-from makemore.lr_finder import find_lr, suggest_lr
+from makemore.cli.commands import main
+from makemore.cli.plot import take_lr_auto
+from makemore.data.lines import LineSplit, Vocab
+from makemore.insight import plots
 from makemore.models import MODELS, build_model
 from makemore.models.transformer import Visibility
-from makemore.plot_cli import take_lr_auto
-from makemore.train import TrainConfig
+from makemore.training import diagnostics
+from makemore.training.lr_finder import find_lr, suggest_lr
+from makemore.training.trainer import TrainConfig
 
 DPI = 40  # small images: fast tests
 TINY_MLP = ["--model", "mlp", "--block-size", "3", "--n-embd", "5", "--n-hidden", "16", "--batch-size", "8"]

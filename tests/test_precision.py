@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from makemore import config as config_mod
-from makemore.data import LineSplit, Vocab
+from makemore.data.lines import LineSplit, Vocab
 from makemore.models import MODELS, build_model
-from makemore.train import TrainConfig, Trainer
+from makemore.training.trainer import TrainConfig, Trainer
 
 TINY_MODELS = {
     "mlp": {"n_embd": 8, "n_hidden": 32, "dropout": 0.0},

@@ -21,14 +21,14 @@ import pytest
 import torch
 from safetensors.torch import save as save_safetensors_bytes
 
-from makemore import checkpoint as ckpt
-from makemore import lock as lock_mod
-from makemore.cli import main
-from makemore.data import LineSplit, Vocab
+from makemore.cli.commands import main
+from makemore.data.lines import LineSplit, Vocab
 from makemore.errors import MakemoreError
-from makemore.lock import RunLock
 from makemore.models import MODELS, build_model
-from makemore.train import TrainConfig, Trainer
+from makemore.runs import checkpoint as ckpt
+from makemore.runs import lock as lock_mod
+from makemore.runs.lock import RunLock
+from makemore.training.trainer import TrainConfig, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 PROGRESS = re.compile(r"\|\s*\d+/\d+ \[")
@@ -92,7 +92,7 @@ def test_three_sigkills_then_resume_is_bit_exact(tmp_path):
     argv[argv.index("--n-hidden") + 1] = "64"
     context = multiprocessing.get_context("forkserver")
     # torch._dynamo: the first optimizer of a process imports it, which takes seconds
-    context.set_forkserver_preload(["makemore.cli", "torch._dynamo"])
+    context.set_forkserver_preload(["makemore.cli.commands", "torch._dynamo"])
 
     def start(argv):
         process = context.Process(target=main, args=(argv,))
@@ -207,7 +207,7 @@ def test_a_legacy_two_file_checkpoint_out_of_step_is_detected(capsys, trained):
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_during_training_saves_and_resumes_exactly(capsys, monkeypatch, tmp_path, names_file, signum, code):
-    from makemore import data
+    from makemore.data import lines as data
 
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     argv = ["train", "-i", names_file, "--max-steps", 30, "--eval-every", 10, *TINY]

@@ -6,13 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from makemore.data import BOUNDARY, IGNORE, LineSplit, Vocab
+from makemore.data.lines import BOUNDARY, IGNORE, LineSplit, Vocab
 from makemore.models import MODELS, build_model
 from makemore.models.base import segment_starts
 from makemore.models.transformer import CompiledAttention, Visibility
-from makemore.optim import FlatAdamW
-from makemore.row_split import RowSplitter
-from makemore.train import ThreadChooser, TrainConfig, Trainer
+from makemore.training.optim import FlatAdamW
+from makemore.training.row_split import RowSplitter
+from makemore.training.trainer import ThreadChooser, TrainConfig, Trainer
 
 
 def packed_batch(rows: int = 6, width: int = 12, vocab: int = 9, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

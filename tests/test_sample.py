@@ -10,12 +10,12 @@ from collections import Counter
 import pytest
 import torch
 
-from makemore.constraints import ConstraintSpec, build_constraint, length_constraint
-from makemore.data import LineSplit, Vocab
+from makemore.data.lines import LineSplit, Vocab
+from makemore.generation.constraints import ConstraintSpec, build_constraint, length_constraint
+from makemore.generation.sample import DecodeOptions, beam_search, decode, decode_smc, generate, generate_recompute
+from makemore.generation.scoring import score_items
 from makemore.models import MODELS, build_model
 from makemore.models.ngram import NGramConfig
-from makemore.sample import DecodeOptions, beam_search, decode, decode_smc, generate, generate_recompute
-from makemore.scoring import score_items
 
 TINY_ITEMS = ["ab", "abc", "ba", "c", "aab", "bca", "cab", "a", "ab", "ca", "bb", "acb"]
 

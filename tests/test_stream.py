@@ -12,12 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from makemore import cli
-from makemore.data import BOUNDARY, IGNORE
-from makemore.errors import MakemoreError
-from makemore.models import MODELS, LanguageModel, build_model
-from makemore.models.base import sequence_nll
-from makemore.stream import (
+from makemore.cli import commands as cli
+from makemore.data.lines import BOUNDARY, IGNORE
+from makemore.data.stream import (
     EvalPlan,
     SequentialSampler,
     StreamSplit,
@@ -29,7 +26,10 @@ from makemore.stream import (
     split_offsets,
     unflatten_state,
 )
-from makemore.train import TrainConfig, Trainer, evaluate
+from makemore.errors import MakemoreError
+from makemore.models import MODELS, LanguageModel, build_model
+from makemore.models.base import sequence_nll
+from makemore.training.trainer import TrainConfig, Trainer, evaluate
 
 PROSE = (
     "It was the best of times, it was the worst of times, it was the age of wisdom,\n"

@@ -10,8 +10,8 @@ import types
 import pytest
 import torch
 
-from makemore import train
-from makemore.train import ThreadChooser
+from makemore.training import trainer as train
+from makemore.training.trainer import ThreadChooser
 
 CLOCK = [0.0]  # a fake clock: steps take exactly as long as the test says
 

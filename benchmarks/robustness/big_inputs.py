@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from makemore.data import BOUNDARY, IGNORE, LineSplit, Vocab
+from makemore.data.lines import BOUNDARY, IGNORE, LineSplit, Vocab
 
 
 def names(count: int, seed: int = 0, long_one: bool = False) -> list[str]:

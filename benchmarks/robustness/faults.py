@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from makemore import checkpoint as ckpt
+from makemore.runs import checkpoint as ckpt
 
 PROGRESS = re.compile(r"\|\s*\d+/\d+ \[")
 ROWS: list[tuple[str, str, int, int, str]] = []  # fault, injection, trials, survived, lost

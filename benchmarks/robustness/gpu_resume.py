@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from makemore import checkpoint as ckpt
-from makemore.data import LineSplit, Vocab
+from makemore.data.lines import LineSplit, Vocab
 from makemore.models import MODELS, build_model
-from makemore.train import TrainConfig, Trainer
+from makemore.runs import checkpoint as ckpt
+from makemore.training.trainer import TrainConfig, Trainer
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: a dry run of the script
 

@@ -35,9 +35,9 @@ from pathlib import Path
 
 import torch
 
-from makemore import checkpoint as ckpt
-from makemore.data import LineSplit
-from makemore.train import evaluate
+from makemore.data.lines import LineSplit
+from makemore.runs import checkpoint as ckpt
+from makemore.training.trainer import evaluate
 
 
 def write_names(path: Path, count: int, seed: int) -> None:

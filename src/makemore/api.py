@@ -22,13 +22,19 @@ from typing import Any
 
 import torch
 
-from . import checkpoint as ckpt
-from .constraints import Constraint, ConstraintSpec, Unsatisfiable, build_constraint, length_constraint
-from .errors import MakemoreError
-from .models import LanguageModel
-from .novelty import NoveltyIndex
-from .sample import DecodeOptions, Generated, beam_search, decode, decode_smc
-from .scoring import score_items
+from makemore.errors import MakemoreError
+from makemore.generation.constraints import (
+    Constraint,
+    ConstraintSpec,
+    Unsatisfiable,
+    build_constraint,
+    length_constraint,
+)
+from makemore.generation.novelty import NoveltyIndex
+from makemore.generation.sample import DecodeOptions, Generated, beam_search, decode, decode_smc
+from makemore.generation.scoring import score_items
+from makemore.models import LanguageModel
+from makemore.runs import checkpoint as ckpt
 
 MAX_ROUND = 50_000  # most candidates drawn in one batch while filling a filtered request
 MAX_ITEMS, MAX_BEAM, MAX_ITEM_LEN = 100_000, 10_000, 1 << 16  # limits on n; beam, width, particles; max_len
@@ -49,7 +55,6 @@ class SampleResult:
     drawn: int = 0  # candidates generated
     rejected: dict[str, int] = field(default_factory=dict)  # reason -> count
     note: str | None = None  # why fewer than `requested` items were found (None when all were)
-
 
 
 def _check_generate_args(
@@ -106,7 +111,7 @@ class Run:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> Run:
-        from .train import resolve_device
+        from makemore.training.trainer import resolve_device
 
         spec, model = ckpt.load_model(path, resolve_device(device))
         return cls(path, spec, model)

@@ -14,7 +14,7 @@ import types
 import typing
 from typing import Any, TypeVar
 
-from .errors import MakemoreError
+from makemore.errors import MakemoreError
 
 T = TypeVar("T")
 

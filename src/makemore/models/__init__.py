@@ -5,15 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..limits import allocation_budget
-from .base import LanguageModel
-from .bigram import Bigram, BigramConfig
-from .mix import Mix, MixConfig
-from .mlp import MLP, MLPConfig
-from .ngram import NGram, NGramConfig
-from .rnn import GRU, LSTM, RNN, GRUConfig, LSTMConfig, RNNConfig
-from .transformer import Transformer, TransformerConfig
-from .wavenet import WaveNet, WaveNetConfig
+from makemore.limits import allocation_budget
+from makemore.models.base import LanguageModel
+from makemore.models.bigram import Bigram, BigramConfig
+from makemore.models.mix import Mix, MixConfig
+from makemore.models.mlp import MLP, MLPConfig
+from makemore.models.ngram import NGram, NGramConfig
+from makemore.models.rnn import GRU, LSTM, RNN, GRUConfig, LSTMConfig, RNNConfig
+from makemore.models.transformer import Transformer, TransformerConfig
+from makemore.models.wavenet import WaveNet, WaveNetConfig
 
 
 @dataclass(frozen=True)
@@ -92,8 +92,14 @@ MODELS: dict[str, ModelSpec] = {
         # batches of batch_size x (longest item) slots, in packed rows of 32 (~4.5 names each; TrainConfig.pack_width:
         # 99.8% of the slots hold names, against 93.5% in rows of 16)
         {
-            **TEN_MINUTES, "lr": 3e-3, "max_steps": 30000, "batch_size": 32, "weight_decay": 0.2, "warmup_steps": 200,
-            "ema": 0.999, "pack_width": 32,
+            **TEN_MINUTES,
+            "lr": 3e-3,
+            "max_steps": 30000,
+            "batch_size": 32,
+            "weight_decay": 0.2,
+            "warmup_steps": 200,
+            "ema": 0.999,
+            "pack_width": 32,
         },  # fmt: skip
         # defaults (3 layers, dropout 0.15, weight decay 0.2, --ema 0.999) measured on names in 10 min, alone on the
         # 2-core CPU: val 1.9294 (best at step 13,500 of 18,165). Alone, with --ema 0.999: dropout 0.2 and weight

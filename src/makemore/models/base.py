@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import BOUNDARY, IGNORE
+from makemore.data.lines import BOUNDARY, IGNORE
 
 
 def sequence_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config import check, field
-from .base import LanguageModel, sequence_nll
+from makemore.config import check, field
+from makemore.models.base import LanguageModel, sequence_nll
 
 
 @dataclass

@@ -22,11 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import check, field
-from ..data import IGNORE
-from ..errors import MakemoreError
-from .base import LanguageModel, sequence_nll
-from .ngram import one_thread
+from makemore.config import check, field
+from makemore.data.lines import IGNORE
+from makemore.errors import MakemoreError
+from makemore.models.base import LanguageModel, sequence_nll
+from makemore.models.ngram import one_thread
 
 MEMBERS_DIR = "members"  # RUN_MIX/members/<i>/run.json
 
@@ -70,7 +70,7 @@ class Mix(LanguageModel):
 
     @classmethod
     def from_run_dir(cls, config: MixConfig, vocab_size: int, run_dir: Any) -> Mix:
-        from .. import checkpoint as ckpt  # checkpoint imports the registry, which imports this module
+        from makemore.runs import checkpoint as ckpt
 
         members = []
         for i in range(config.n_members):

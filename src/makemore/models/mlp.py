@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config import check, field
-from .base import LanguageModel, masked_batch_norm, sequence_nll, small_output_layer
-from .ngram import context_windows
+from makemore.config import check, field
+from makemore.models.base import LanguageModel, masked_batch_norm, sequence_nll, small_output_layer
+from makemore.models.ngram import context_windows
 
 
 @dataclass

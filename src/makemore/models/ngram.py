@@ -39,10 +39,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..config import check, field
-from ..data import IGNORE
-from ..errors import MakemoreError
-from .base import LanguageModel, sequence_nll
+from makemore.config import check, field
+from makemore.data.lines import IGNORE
+from makemore.errors import MakemoreError
+from makemore.models.base import LanguageModel, sequence_nll
 
 MAX_ORDER = 16
 KEY_LIMIT = 2**62  # n-gram keys are int64: V ** order must stay below this

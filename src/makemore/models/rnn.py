@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config import check, field
-from .base import Dropout, LanguageModel, sequence_nll
+from makemore.config import check, field
+from makemore.models.base import Dropout, LanguageModel, sequence_nll
 
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # h (n_layer, B, H); the LSTM also carries its cell c
 

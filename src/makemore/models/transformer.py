@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import check, field
-from ..data import BOUNDARY
-from .base import Dropout, LanguageModel, segment_starts, sequence_nll
+from makemore.config import check, field
+from makemore.data.lines import BOUNDARY
+from makemore.models.base import Dropout, LanguageModel, segment_starts, sequence_nll
 
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values (B, n_head, t, head_size)
 
@@ -452,7 +452,17 @@ class Transformer(LanguageModel):
             return None
         arrays = (state["start"].numpy(), state["tokens"].numpy(), state["k"].numpy(), state["v"].numpy())
         return _kernel().sample_rows(
-            logits, noise, steps, chars, min_len, max_len, temperature, greedy, state["t"], *arrays, weights,
+            logits,
+            noise,
+            steps,
+            chars,
+            min_len,
+            max_len,
+            temperature,
+            greedy,
+            state["t"],
+            *arrays,
+            weights,
             self.config.n_head,
         )
 
@@ -514,7 +524,7 @@ class Transformer(LanguageModel):
 def _kernel() -> Any:
     """The compiled-kernel module, imported on first use (importing Numba takes a while); None without Numba."""
     try:
-        from . import transformer_kernel
+        from makemore.models.kernels import transformer_kernel
     except ImportError:
         return None
     return transformer_kernel
@@ -524,7 +534,7 @@ def _kernel() -> Any:
 def _attention_kernel() -> Any:
     """The compiled attention (attention_kernel.py), imported on first use; None without Numba."""
     try:
-        from . import attention_kernel
+        from makemore.models.kernels import attention_kernel
     except ImportError:
         return None
     return attention_kernel

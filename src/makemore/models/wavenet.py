@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import check, field
-from ..data import BOUNDARY, IGNORE
-from .base import Dropout, LanguageModel, segment_starts, sequence_nll, small_output_layer
+from makemore.config import check, field
+from makemore.data.lines import BOUNDARY, IGNORE
+from makemore.models.base import Dropout, LanguageModel, segment_starts, sequence_nll, small_output_layer
 
 
 @dataclass

@@ -26,13 +26,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
-from . import config as config_mod
-from .data import Vocab
-from .errors import MakemoreError
-from .models import MODELS, LanguageModel, build_model
+from makemore import config as config_mod
+from makemore.data.lines import Vocab
+from makemore.errors import MakemoreError
+from makemore.models import MODELS, LanguageModel, build_model
 
 FORMAT_VERSION = 1
-CHECKPOINT_METADATA_KEY = "makemore.checkpoint"  # safetensors header entry holding the checkpoint's JSON
+CHECKPOINT_METADATA_KEY = "makemore.runs.checkpoint"  # safetensors header entry holding the checkpoint's JSON
 MAX_SAFETENSORS_HEADER = 100 << 20
 RUN_FILE = "run.json"
 WEIGHTS_FILE = "model.safetensors"

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import MakemoreError
+from makemore.errors import MakemoreError
 
 BOUNDARY = 0  # token id of the item boundary; not a character, so "." and " " stay ordinary characters
 IGNORE = -1  # target id of padding positions

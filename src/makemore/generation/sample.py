@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .constraints import Constraint, length_constraint
-from .data import BOUNDARY
-from .models import LanguageModel
+from makemore.data.lines import BOUNDARY
+from makemore.generation.constraints import Constraint, length_constraint
+from makemore.models import LanguageModel
 
 SMALL_BATCH = 8  # decodes of at most this many rows on the CPU take `_decode_small`
 COMPACT_AT = 0.25  # ended rows leave the batch once they are this fraction of it

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from .errors import MakemoreError
+from makemore.errors import MakemoreError
 
 LOCK_FILE = ".lock"
 

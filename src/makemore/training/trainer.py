@@ -21,17 +21,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint as ckpt
-from . import config as config_mod
-from . import distributed
-from .config import check, field
-from .data import IGNORE, LengthBucketSampler, LineSplit, PackedSampler
-from .diagnostics import DIAGNOSTICS_FILE, TENSORBOARD_HINT, Observer, grad_norm_of
-from .errors import MakemoreError
-from .models import LanguageModel
-from .models.base import detach_state, map_state
-from .optim import FlatAdamW, FlatLayout, views
-from .row_split import RowSplitter
+from makemore import config as config_mod
+from makemore.config import check, field
+from makemore.data.lines import IGNORE, LengthBucketSampler, LineSplit, PackedSampler
+from makemore.errors import MakemoreError
+from makemore.models import LanguageModel
+from makemore.models.base import detach_state, map_state
+from makemore.runs import checkpoint as ckpt
+from makemore.training import distributed
+from makemore.training.diagnostics import DIAGNOSTICS_FILE, TENSORBOARD_HINT, Observer, grad_norm_of
+from makemore.training.optim import FlatAdamW, FlatLayout, views
+from makemore.training.row_split import RowSplitter
 
 
 @dataclass
@@ -57,8 +57,9 @@ class TrainConfig:
         True, "models that restart at item boundaries (packable) read several items per row: batch_size rows"
     )
     pack_width: int = field(
-        0, "slots per packed row (0: the longest item's length); a batch keeps its batch_size x longest-item slots "
-        "in fewer, wider rows, which fill better (names: 93.5 percent of the slots in rows of 16, 99.8 in rows of 32)"
+        0,
+        "slots per packed row (0: the longest item's length); a batch keeps its batch_size x longest-item slots "
+        "in fewer, wider rows, which fill better (names: 93.5 percent of the slots in rows of 16, 99.8 in rows of 32)",
     )
     seed: int = field(1337, "seed for the data split, initialisation, batches and sampling")
     device: str = field("auto", "cpu, cuda, mps, or auto (cuda, then mps, then cpu)")
@@ -548,9 +549,13 @@ class Trainer:
         try:
             writer(path, *args)
         except OSError as error:
-            last = "no checkpoint was saved yet" if self.checkpoint_step is None else (
-                f"the last checkpoint (step {self.checkpoint_step}) is intact; continue with "
-                f"makemore train --resume {self.run_dir}"
+            last = (
+                "no checkpoint was saved yet"
+                if self.checkpoint_step is None
+                else (
+                    f"the last checkpoint (step {self.checkpoint_step}) is intact; continue with "
+                    f"makemore train --resume {self.run_dir}"
+                )
             )
             raise MakemoreError(
                 f"{path}: cannot write ({error.strerror or error}): training stopped at step {self.state.step}; {last}"
@@ -775,7 +780,9 @@ class Trainer:
         window_loss, window_steps, window_tokens, window_start = torch.zeros(()), 0, 0, time.perf_counter()
         if not self.dist.enabled:  # (under torchrun each rank's window holds its own part)
             window_loss, window_steps, window_tokens = (
-                torch.tensor(state.window_loss), state.window_steps, state.window_tokens
+                torch.tensor(state.window_loss),
+                state.window_steps,
+                state.window_tokens,
             )
         stopped = "max_steps"
         if config.patience > 0 and state.evals_without_improvement >= config.patience:

@@ -15,10 +15,10 @@ from contextlib import AbstractContextManager
 
 import torch
 
-from .data import IGNORE
-from .models import LanguageModel
-from .models.base import dropout_generator
-from .optim import FlatLayout
+from makemore.data.lines import IGNORE
+from makemore.models import LanguageModel
+from makemore.models.base import dropout_generator
+from makemore.training.optim import FlatLayout
 
 
 def shard_seed(seed: int, step: int, shard: int) -> int:

@@ -10,8 +10,8 @@ import math
 
 import torch
 
-from .data import IGNORE, LineSplit, Vocab
-from .models import LanguageModel
+from makemore.data.lines import IGNORE, LineSplit, Vocab
+from makemore.models import LanguageModel
 
 
 @torch.inference_mode()

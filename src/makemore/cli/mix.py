@@ -12,16 +12,16 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from . import checkpoint as ckpt
-from .data import LineSplit, parse_items, read_text
-from .errors import MakemoreError
-from .models.mix import MEMBERS_DIR, Mix, MixConfig, fit_weights, member_dir, member_log_probs, mixture_nll
+from makemore.data.lines import LineSplit, parse_items, read_text
+from makemore.errors import MakemoreError
+from makemore.models.mix import MEMBERS_DIR, Mix, MixConfig, fit_weights, member_dir, member_log_probs, mixture_nll
+from makemore.runs import checkpoint as ckpt
 
 SPLIT_FILES = ("train.txt", "val.txt", "test.txt")
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .cli import Parser  # cli imports this module for its COMMANDS table
+    from makemore.cli.commands import Parser
 
     parser = Parser(
         prog="makemore mix",
@@ -59,7 +59,7 @@ def _prepare_out(out: Path, runs: list[Path], force: bool) -> None:
 
 
 def cmd_mix(argv: list[str]) -> int:
-    from .train import resolve_device
+    from makemore.training.trainer import resolve_device
 
     args = _parser().parse_args(argv)
     if args.em_steps < 1:
@@ -109,7 +109,7 @@ def cmd_mix(argv: list[str]) -> int:
 def _mix_streams(args: argparse.Namespace, runs: list[Path], specs: list, members: list, device: Any) -> int:
     """Stream-mode members of one text: the weights are fitted on its val stretch, which every member reads with
     its own context (Mix.member_logits_with_state) in windows of half the smallest member window."""
-    from .stream import open_stream_corpus, stream_splits
+    from makemore.data.stream import open_stream_corpus, stream_splits
 
     first = specs[0].data
     for run, spec in zip(runs[1:], specs[1:]):

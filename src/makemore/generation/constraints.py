@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .data import BOUNDARY, Vocab
-from .errors import MakemoreError
+from makemore.data.lines import BOUNDARY, Vocab
+from makemore.errors import MakemoreError
 
 MAX_DFA_STATES = 50_000
 

@@ -15,16 +15,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import checkpoint as ckpt
-from . import config as config_mod
-from .data import BOUNDARY, LineSplit, Vocab, read_items
-from .errors import MakemoreError
+from makemore import config as config_mod
+from makemore.data.lines import BOUNDARY, LineSplit, Vocab, read_items
+from makemore.errors import MakemoreError
+from makemore.runs import checkpoint as ckpt
 
 FORMATS = ("png", "svg")
 
 
 def _parser(prog: str, description: str, **options: Any) -> argparse.ArgumentParser:
-    from .cli import Parser  # cli imports this module for its COMMANDS table
+    from makemore.cli.commands import Parser
 
     return Parser(prog=prog, description=description, **options)
 
@@ -49,7 +49,7 @@ def _output(args: argparse.Namespace, default: Path) -> tuple[Path, str]:
 
 
 def _save(fig: Any, path: Path, fmt: str) -> int:
-    from .plots import save_figure
+    from makemore.insight.plots import save_figure
 
     print(f"wrote {save_figure(fig, path, fmt)}")
     return 0
@@ -67,7 +67,7 @@ def _is_run(path: str) -> bool:
 
 
 def _load(run: str, device: str = "cpu"):
-    from .cli import load_run_for_use
+    from makemore.cli.commands import load_run_for_use
 
     return load_run_for_use(run, device)
 
@@ -125,7 +125,7 @@ def cmd_plot(argv: list[str]) -> int:
 
 
 def plot_loss_command(args: argparse.Namespace) -> int:
-    from .plots import plot_loss, read_metrics
+    from makemore.insight.plots import plot_loss, read_metrics
 
     if args.smooth < 1:
         raise MakemoreError("--smooth must be >= 1")
@@ -139,7 +139,7 @@ def plot_loss_command(args: argparse.Namespace) -> int:
 
 
 def plot_bigram_command(args: argparse.Namespace) -> int:
-    from .plots import bigram_counts, learned_bigram, plot_bigram, symbol_labels
+    from makemore.insight.plots import bigram_counts, learned_bigram, plot_bigram, symbol_labels
 
     if _is_run(args.source):
         spec, model = _load(args.source)
@@ -162,7 +162,7 @@ def plot_bigram_command(args: argparse.Namespace) -> int:
 
 
 def plot_embeddings_command(args: argparse.Namespace) -> int:
-    from .plots import embedding_table, embedding_view, plot_embeddings, symbol_labels
+    from makemore.insight.plots import embedding_table, embedding_view, plot_embeddings, symbol_labels
 
     spec, model = _load(args.run)
     table = embedding_table(model).numpy()  # (V, C)
@@ -174,8 +174,8 @@ def plot_embeddings_command(args: argparse.Namespace) -> int:
 
 
 def plot_activations_command(args: argparse.Namespace) -> int:
-    from .diagnostics import DIAGNOSTICS_FILE, read_diagnostics
-    from .plots import plot_activations
+    from makemore.insight.plots import plot_activations
+    from makemore.training.diagnostics import DIAGNOSTICS_FILE, read_diagnostics
 
     spec = ckpt.read_run_spec(args.run)
     records = read_diagnostics(args.run)
@@ -189,8 +189,8 @@ def plot_activations_command(args: argparse.Namespace) -> int:
 
 
 def plot_attention_command(args: argparse.Namespace) -> int:
-    from .models import LanguageModel
-    from .plots import plot_attention, symbol_labels
+    from makemore.insight.plots import plot_attention, symbol_labels
+    from makemore.models import LanguageModel
 
     spec, model = _load(args.run)
     if type(model).attention_maps is LanguageModel.attention_maps:
@@ -227,7 +227,7 @@ def cmd_export_embeddings(argv: list[str]) -> int:
     parser.add_argument("--format", choices=("csv", "npy"), default="csv", help="csv (with symbols) or npy")
     parser.add_argument("--out", help="file to write (default: RUN/embeddings.<format>)")
     args = parser.parse_args(argv)
-    from .plots import embedding_table
+    from makemore.insight.plots import embedding_table
 
     spec, model = _load(args.run)
     table = embedding_table(model).numpy().astype(np.float32)  # (V, C)
@@ -256,9 +256,9 @@ def cmd_export_embeddings(argv: list[str]) -> int:
 
 
 def cmd_lr_find(argv: list[str]) -> int:
-    from .cli import load_splits, model_train_defaults
-    from .models import DEFAULT_MODEL, MODELS
-    from .train import TrainConfig
+    from makemore.cli.commands import load_splits, model_train_defaults
+    from makemore.models import DEFAULT_MODEL, MODELS
+    from makemore.training.trainer import TrainConfig
 
     pre = _parser("makemore lr-find", "", add_help=False)  # --model decides the model flags of the full parser
     pre.add_argument("--model", default=DEFAULT_MODEL)
@@ -294,7 +294,7 @@ def cmd_lr_find(argv: list[str]) -> int:
     train = LineSplit(splits["train"], vocab)
     result = run_lr_find(known.model, model_config, vocab, train, train_config, args)
     print(describe(result))
-    from .plots import plot_lr_find
+    from makemore.insight.plots import plot_lr_find
 
     path, fmt = _output(args, Path(f"lr-find-{known.model}"))
     title = f"Learning-rate finder: {known.model} on {Path(info['source']).name}"
@@ -313,8 +313,8 @@ def _add_flags_except(group: Any, cls: type, base: Any, skip: set[str]) -> None:
 def run_lr_find(model_name: str, model_config: Any, vocab: Vocab, train: Any, train_config: Any, args: Any = None):
     """Build a fresh model (seeded as training would) and sweep on the `train` split (any split the trainer takes:
     line or stream); returns an LRFindResult."""
-    from .lr_finder import find_lr
-    from .models import build_model
+    from makemore.models import build_model
+    from makemore.training.lr_finder import find_lr
 
     torch.manual_seed(train_config.seed)
     try:

@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from . import checkpoint as ckpt
-from . import config as config_mod
-from . import distributed, mix_cli, plot_cli
-from .data import (
+from makemore import config as config_mod
+from makemore.cli import mix as mix_cli
+from makemore.cli import plot as plot_cli
+from makemore.data.lines import (
     BUILTIN_DATASETS,
     DEFAULT_DATASET,
     LineSplit,
@@ -30,11 +30,7 @@ from .data import (
     read_text,
     split_items,
 )
-from .errors import MakemoreError
-from .lock import LOCK_FILE, RunLock, remove_stale_temp_files
-from .models import DEFAULT_MODEL, MODELS, build_model
-from .sample import DecodeOptions, filter_logits, generate
-from .stream import (
+from makemore.data.stream import (
     DEFAULT_WINDOW,
     MODES,
     Corpus,
@@ -45,7 +41,13 @@ from .stream import (
     split_offsets,
     stream_splits,
 )
-from .train import TrainConfig, Trainer, evaluate, resolve_device
+from makemore.errors import MakemoreError
+from makemore.generation.sample import DecodeOptions, filter_logits, generate
+from makemore.models import DEFAULT_MODEL, MODELS, build_model
+from makemore.runs import checkpoint as ckpt
+from makemore.runs.lock import LOCK_FILE, RunLock, remove_stale_temp_files
+from makemore.training import distributed
+from makemore.training.trainer import TrainConfig, Trainer, evaluate, resolve_device
 
 EXIT_USAGE = 2
 
@@ -613,7 +615,7 @@ def print_samples(items: list[str], sets: tuple[set[str], set[str]]) -> None:
 
 
 def load_run_for_use(run: str, device: str = "cpu"):
-    from .train import resolve_device
+    from makemore.training.trainer import resolve_device
 
     spec, model = ckpt.load_model(run, resolve_device(device))
     return spec, model
@@ -744,7 +746,7 @@ def emit(text: str, out: str | None, count: int, what: str) -> None:
 
 
 def cmd_sample(argv: list[str]) -> int:
-    from .api import Run
+    from makemore.api import Run
 
     args = build_sample_parser().parse_args(argv)
     if not 1 <= args.threads <= 1024:
@@ -909,7 +911,7 @@ def format_scores(results: list[dict[str, Any]], fmt: str) -> str:
 
 
 def cmd_score(argv: list[str]) -> int:
-    from .api import Run
+    from makemore.api import Run
 
     parser = Parser(
         prog="makemore score",
@@ -1003,7 +1005,7 @@ def run(argv: list[str]) -> int:
         print(usage())
         return 0 if argv else EXIT_USAGE
     if argv[0] == "--version":
-        from . import __version__
+        from makemore import __version__
 
         print(f"makemore {__version__}")
         return 0

@@ -34,9 +34,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import BOUNDARY, IGNORE, Vocab, open_binary
-from .errors import MakemoreError
-from .models import LanguageModel
+from makemore.data.lines import BOUNDARY, IGNORE, Vocab, open_binary
+from makemore.errors import MakemoreError
+from makemore.models import LanguageModel
 
 CHUNK_BYTES = 1 << 22  # read and encode 4 MiB at a time: temporaries stay small next to the corpus itself
 DETECT_BYTES = 1 << 20  # mode detection looks at the first 1 MiB

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import checkpoint as ckpt
+from makemore.runs import checkpoint as ckpt
 
 DIAGNOSTICS_FILE = "diagnostics.jsonl"
 TENSORBOARD_DIR = "tensorboard"

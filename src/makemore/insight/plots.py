@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import checkpoint as ckpt
-from .data import BOUNDARY, IGNORE, LineSplit, Vocab
-from .errors import MakemoreError
+from makemore.data.lines import BOUNDARY, IGNORE, LineSplit, Vocab
+from makemore.errors import MakemoreError
+from makemore.runs import checkpoint as ckpt
 
 DPI = 100
 MAX_LABELLED_VOCAB = 40  # above this a bigram heatmap has no per-cell labels, only axis ticks

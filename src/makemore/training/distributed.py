@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .errors import MakemoreError
+from makemore.errors import MakemoreError
 
 ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 

@@ -23,11 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from . import config as config_mod
-from .data import LineSplit
-from .errors import MakemoreError
-from .models import LanguageModel
-from .train import TrainConfig, Trainer
+from makemore import config as config_mod
+from makemore.data.lines import LineSplit
+from makemore.errors import MakemoreError
+from makemore.models import LanguageModel
+from makemore.training.trainer import TrainConfig, Trainer
 
 SAFETY_FACTOR = 2.0  # the suggestion is the lr at the smoothed minimum divided by this
 
