@@ -28,7 +28,7 @@ from makemore.errors import MakemoreError
 from makemore.models import LanguageModel
 from makemore.models.base import detach_state, map_state
 from makemore.runs import checkpoint as ckpt
-from makemore.training import distributed
+from makemore.training import distributed, optimizer_state
 from makemore.training.diagnostics import DIAGNOSTICS_FILE, TENSORBOARD_HINT, Observer, grad_norm_of
 from makemore.training.optim import FlatAdamW, FlatLayout, views
 from makemore.training.row_split import RowSplitter
@@ -525,7 +525,7 @@ class Trainer:
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         meta: dict[str, Any] = {"state": vars(self.state).copy()}
         if self.optimizer is not None:
-            opt_tensors, meta["optimizer"] = ckpt.flatten_optimizer(self.optimizer.state_dict())
+            opt_tensors, meta["optimizer"] = optimizer_state.flatten_optimizer(self.optimizer.state_dict())
             tensors.update(opt_tensors)
         if self.scaler is not None:  # fp16: the loss scale found so far (plain numbers)
             meta["grad_scaler"] = self.scaler.state_dict()
@@ -611,7 +611,7 @@ class Trainer:
             ckpt.load_weights(self.model, where, model_tensors)
             if self.optimizer is not None:
                 self.optimizer.load_state_dict(
-                    ckpt.unflatten_optimizer(tensors, meta["optimizer"], self.optimizer, str(where))
+                    optimizer_state.unflatten_optimizer(tensors, meta["optimizer"], self.optimizer, str(where))
                 )
             if self.average is not None:
                 self.average.load_state_dict({k[len("ema.") :]: v for k, v in tensors.items() if k.startswith("ema.")})
