@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 import makemore
-from makemore.cli.commands import run as cli_run
+from makemore.cli import run as cli_run
 from makemore.data.lines import builtin_text, parse_items
 from makemore.generation.constraints import ConstraintSpec, build_constraint
 from makemore.generation.novelty import NoveltyIndex

@@ -11,7 +11,7 @@ from conftest import NAMES
 
 import makemore
 import makemore.errors
-from makemore.cli.commands import main
+from makemore.cli import main
 from makemore.generation.novelty import NoveltyIndex
 
 

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from makemore.cli.commands import main
+from makemore.cli import main
 
 TINY = [
     "--model",
@@ -154,7 +154,7 @@ def test_console_script_entry_point(tmp_path):
 
 
 def test_preset_sets_defaults_that_flags_still_override(tmp_path, names_file):
-    from makemore.cli import commands as cli
+    import makemore.cli as cli
 
     run_dir = tmp_path / "fast"
     argv = ["train", "-i", str(names_file), "--model", "transformer", "--preset", "fast", "--n-embd", "16"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from makemore.cli.commands import main
+from makemore.cli import main
 from makemore.errors import MakemoreError
 from makemore.training import distributed
 

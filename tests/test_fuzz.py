@@ -1,7 +1,7 @@
 """The front door, fuzzed with hypothesis: whatever file, prefix, string or flag value comes in, `makemore` either
 works or exits 2 with one line on stderr. Never a traceback, never a hang.
 
-Calls `makemore.cli.commands` in-process (fast); a few subprocess runs check the same from the outside.
+Calls `makemore.cli` in-process (fast); a few subprocess runs check the same from the outside.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from makemore.cli.commands import main
+from makemore.cli import main
 
 PROGRESS = re.compile(r"\|\s*\d+/\d+ \[")
 FUZZ = settings(

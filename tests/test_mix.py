@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import NAMES
 
-from makemore.cli.commands import main
+from makemore.cli import main
 from makemore.data.lines import LineSplit, Vocab
 from makemore.models import MODELS, build_model
 from makemore.models.mix import Mix, MixConfig, fit_weights, member_log_probs, mixture_nll

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from makemore.cli.commands import main
+from makemore.cli import main
 from makemore.cli.plot import take_lr_auto
 from makemore.data.lines import LineSplit, Vocab
 from makemore.insight import plots

@@ -21,7 +21,7 @@ import pytest
 import torch
 from safetensors.torch import save as save_safetensors_bytes
 
-from makemore.cli.commands import main
+from makemore.cli import main
 from makemore.data.lines import LineSplit, Vocab
 from makemore.errors import MakemoreError
 from makemore.models import MODELS, build_model
@@ -92,7 +92,7 @@ def test_three_sigkills_then_resume_is_bit_exact(tmp_path):
     argv[argv.index("--n-hidden") + 1] = "64"
     context = multiprocessing.get_context("forkserver")
     # torch._dynamo: the first optimizer of a process imports it, which takes seconds
-    context.set_forkserver_preload(["makemore.cli.commands", "torch._dynamo"])
+    context.set_forkserver_preload(["makemore.cli", "torch._dynamo"])
 
     def start(argv):
         process = context.Process(target=main, args=(argv,))

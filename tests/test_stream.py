@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from makemore.cli import commands as cli
+import makemore.cli as cli
 from makemore.data.lines import BOUNDARY, IGNORE
 from makemore.data.stream import (
     EvalPlan,

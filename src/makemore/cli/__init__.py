@@ -1,5 +1,86 @@
-"""The `makemore` command: a dispatcher and one module per command group. Only this package prints."""
+"""The `makemore` command: a table from command name to the function that runs it, and the error handling
+that turns every user error into one line on stderr and exit status 2. Only the cli package prints."""
 
-from makemore.cli.commands import main
+from __future__ import annotations
 
-__all__ = ["main"]
+import signal
+import sys
+from collections.abc import Callable
+
+from makemore.cli import mix as mix_cli
+from makemore.cli import plot as plot_cli
+from makemore.cli.common import EXIT_USAGE, exit_on_signals, quiet_broken_pipe
+from makemore.cli.datasets import cmd_datasets
+from makemore.cli.generate import cmd_eval, cmd_sample, cmd_score
+from makemore.cli.train import cmd_train
+from makemore.errors import MakemoreError
+from makemore.models import MODELS
+
+COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "train": (cmd_train, "train a model (or fit a count model) on a text file"),
+    "sample": (cmd_sample, "generate new items from a run"),
+    "eval": (cmd_eval, "NLL / bits per char / perplexity on train, val, test or a file"),
+    "score": (cmd_score, "log-probability of given strings"),
+    "datasets": (cmd_datasets, "list the built-in datasets"),
+    "plot": (plot_cli.cmd_plot, "pictures: loss curves, bigram heatmap, embeddings, activations, attention"),
+    "lr-find": (plot_cli.cmd_lr_find, "learning-rate range test: loss against lr, and a suggested lr"),
+    "export-embeddings": (plot_cli.cmd_export_embeddings, "write a run's character embeddings as CSV or .npy"),
+    "mix": (mix_cli.cmd_mix, "interpolate trained runs, weights fitted on val (a new run)"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: makemore COMMAND [options]   (makemore COMMAND --help for its options)", "", "commands:"]
+    width = max(map(len, COMMANDS))
+    lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
+    lines += ["", "models: " + ", ".join(f"{name} ({spec.summary})" for name, spec in MODELS.items())]
+    return "\n".join(lines)
+
+
+def run(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else EXIT_USAGE
+    if argv[0] == "--version":
+        from makemore import __version__
+
+        print(f"makemore {__version__}")
+        return 0
+    command = COMMANDS.get(argv[0])
+    if command is None:
+        raise MakemoreError(f"unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)}")
+    return command[0](argv[1:])
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    encoding = (getattr(sys.stdout, "encoding", None) or "utf-8").lower().replace("-", "")
+    if encoding != "utf8" and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")  # a non-UTF-8 terminal: escape emoji, don't crash on them
+    restore_signals = exit_on_signals()
+    try:
+        code = run(argv)
+    except MakemoreError as error:
+        message = str(error).replace("\r", "\\r").replace("\n", "\\n")  # one line, whatever a path contains
+        print(f"makemore: error: {message}", file=sys.stderr)
+        code = EXIT_USAGE
+    except KeyboardInterrupt as error:
+        signum = getattr(error, "signum", signal.SIGINT)
+        print(f"makemore: {'terminated' if signum == signal.SIGTERM else 'interrupted'}", file=sys.stderr)
+        code = 128 + signum
+    except BrokenPipeError:
+        code = quiet_broken_pipe()
+    except OSError as error:
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"makemore: error: {where}{error.strerror or error}", file=sys.stderr)
+        code = EXIT_USAGE
+    finally:
+        restore_signals()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        code = quiet_broken_pipe()
+    raise SystemExit(code)
+
+
+__all__ = ["main", "run"]

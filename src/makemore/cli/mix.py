@@ -21,7 +21,7 @@ SPLIT_FILES = ("train.txt", "val.txt", "test.txt")
 
 
 def _parser() -> argparse.ArgumentParser:
-    from makemore.cli.commands import Parser
+    from makemore.cli.common import Parser
 
     parser = Parser(
         prog="makemore mix",

@@ -24,7 +24,7 @@ FORMATS = ("png", "svg")
 
 
 def _parser(prog: str, description: str, **options: Any) -> argparse.ArgumentParser:
-    from makemore.cli.commands import Parser
+    from makemore.cli.common import Parser
 
     return Parser(prog=prog, description=description, **options)
 
@@ -67,7 +67,7 @@ def _is_run(path: str) -> bool:
 
 
 def _load(run: str, device: str = "cpu"):
-    from makemore.cli.commands import load_run_for_use
+    from makemore.cli.common import load_run_for_use
 
     return load_run_for_use(run, device)
 
@@ -256,8 +256,8 @@ def cmd_export_embeddings(argv: list[str]) -> int:
 
 
 def cmd_lr_find(argv: list[str]) -> int:
-    from makemore.cli.commands import load_splits, model_train_defaults
     from makemore.models import DEFAULT_MODEL, MODELS
+    from makemore.training.launch import load_splits, model_train_defaults
     from makemore.training.trainer import TrainConfig
 
     pre = _parser("makemore lr-find", "", add_help=False)  # --model decides the model flags of the full parser
