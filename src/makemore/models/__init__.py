@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,12 +140,14 @@ MODELS: dict[str, ModelSpec] = {
 DEFAULT_MODEL = "mlp"
 
 
-def build_model(name: str, config: Any, vocab_size: int, run_dir: Any = None) -> LanguageModel:
+def build_model(
+    name: str, config: Any, vocab_size: int, load_member: Callable[[int], LanguageModel] | None = None
+) -> LanguageModel:
     """Build a model. An absurd size (from a flag or a downloaded run.json) raises ValueError before the memory is
-    allocated: the build runs under an allocation budget (see limits.py). With `run_dir` (loading a run), the
-    model class may read more of its structure there (LanguageModel.from_run_dir)."""
+    allocated: the build runs under an allocation budget (see limits.py). A model made of other models (a mix) gets
+    them from `load_member(i)`, which the caller supplies: models never read run directories themselves."""
     model_class = MODELS[name].model_class
     with allocation_budget():
-        if run_dir is not None:
-            return model_class.from_run_dir(config, vocab_size, run_dir)
+        if load_member is not None:
+            return model_class.from_members(config, vocab_size, load_member)
         return model_class(config, vocab_size)

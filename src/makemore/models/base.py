@@ -143,9 +143,9 @@ class LanguageModel(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} is trained by gradient descent")
 
     @classmethod
-    def from_run_dir(cls, config: Any, vocab_size: int, run_dir: Any) -> LanguageModel:
-        """The model of a run directory, before its weights are loaded. Most models need only their config; a model
-        whose structure lives in files of its run (a mix reads its members' run.json) overrides this."""
+    def from_members(cls, config: Any, vocab_size: int, load_member: Any) -> LanguageModel:
+        """The model before its weights are loaded. Most models need only their config; a model made of other models
+        (a mix) overrides this and asks `load_member(i)` for its i-th member (a loader that the caller supplies)."""
         return cls(config, vocab_size)
 
     def parameter_count(self) -> int:

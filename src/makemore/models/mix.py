@@ -49,7 +49,7 @@ class Mix(LanguageModel):
     """Linear interpolation of the next-symbol distributions of `members` (see the module docstring).
 
     Without members (what the registry builds from a config alone) it predicts the uniform distribution: members
-    come from trained runs, through `makemore mix` or `Mix.from_run_dir`.
+    come from trained runs, through `makemore mix` or a loader given to `Mix.from_members`.
     """
 
     trainable = False
@@ -69,16 +69,8 @@ class Mix(LanguageModel):
         self.register_buffer("weights", torch.full((len(members),), 1.0 / k, dtype=torch.float64))
 
     @classmethod
-    def from_run_dir(cls, config: MixConfig, vocab_size: int, run_dir: Any) -> Mix:
-        from makemore.runs import checkpoint as ckpt
-
-        members = []
-        for i in range(config.n_members):
-            spec = ckpt.read_run_spec(member_dir(run_dir, i))
-            if spec.vocab.size != vocab_size:
-                raise ValueError(f"member {i} has {spec.vocab.size} symbols, the mix {vocab_size}")
-            members.append(ckpt.build_from_spec(spec, str(member_dir(run_dir, i)), member_dir(run_dir, i)))
-        return cls(config, vocab_size, members)
+    def from_members(cls, config: MixConfig, vocab_size: int, load_member: Any) -> Mix:
+        return cls(config, vocab_size, [load_member(i) for i in range(config.n_members)])
 
     @property
     def context_size(self) -> int | None:

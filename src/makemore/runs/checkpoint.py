@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from makemore import config as config_mod
 from makemore.data.lines import Vocab
 from makemore.errors import MakemoreError
 from makemore.models import MODELS, LanguageModel, build_model
+from makemore.models.mix import member_dir
 
 FORMAT_VERSION = 1
 CHECKPOINT_METADATA_KEY = "makemore.checkpoint"  # safetensors header entry holding the checkpoint's JSON
@@ -266,10 +266,18 @@ def load_weights(model: LanguageModel, path: str | Path, tensors: dict[str, torc
 
 
 def build_from_spec(spec: RunSpec, where: str = "run", run_dir: str | Path | None = None) -> LanguageModel:
-    """The (unloaded) model a run spec describes; with `run_dir`, the model class may read more of the run there."""
+    """The (unloaded) model a run spec describes. With `run_dir`, a model made of members (a mix) builds each from
+    the run.json under RUN/members/<i>/ (their weights are in the mix's own model.safetensors)."""
+
+    def load_member(index: int) -> LanguageModel:
+        place = member_dir(run_dir, index)
+        member = read_run_spec(place)
+        if member.vocab.size != spec.vocab.size:
+            raise ValueError(f"member {index} has {member.vocab.size} symbols, the mix {spec.vocab.size}")
+        return build_from_spec(member, str(place), place)
+
     try:
-        run_dir = None if run_dir is None else Path(run_dir)
-        return build_model(spec.model_name, spec.model_config, spec.vocab.size, run_dir)
+        return build_model(spec.model_name, spec.model_config, spec.vocab.size, load_member if run_dir else None)
     except (ValueError, RuntimeError) as error:
         raise MakemoreError(f"{where}: cannot build the model ({error})") from None
 
