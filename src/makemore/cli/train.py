@@ -117,9 +117,7 @@ def default_run_dir(args: argparse.Namespace) -> Path:
 def lock_run_dir(run_dir: Path, held: contextlib.ExitStack) -> None:
     """Hold the run directory's lock until `held` closes (a second process refuses), then clear temp files that a
     killed writer left behind."""
-    lock = held.enter_context(RunLock(run_dir))
-    if lock.took_over:
-        print(f"run directory lock: taken over from {lock.took_over} (no longer running)")
+    held.enter_context(RunLock(run_dir))
     remove_stale_temp_files(run_dir)
 
 

@@ -1,24 +1,17 @@
-"""One writer per run directory: a lock file that names its owner, taken over when the owner is dead.
+"""One writer per run directory: an advisory lock (`fcntl.flock`) on RUN/.lock, held while a process trains there.
 
-RUN/.lock holds {"pid", "host", "started", "proc_start"}. It is created complete (written to a temp file, then
-hard-linked into place, which fails if the lock exists), so a reader never sees a half-written lock. A second
-process finding a live owner refuses with a message naming it. A lock whose owner is gone (a SIGKILL, a power cut)
-is stale: its PID is not running on this host, or that PID now belongs to a process started at another time (PID
-reuse, checked through /proc where there is one). A stale lock is taken over. A lock from another host can't be
-checked, so it counts as live and the message says how to remove it.
-
-Taking over renames the stale file to a name unique to this process, then checks that the renamed file is the
-stale one it judged; if a third process slipped in its own fresh lock in between, that lock is put back.
+The kernel releases the lock when its owner exits, however it exits (SIGKILL, a crash, a power cut ends the whole
+machine), so there is no stale lock to detect or take over. The file stays behind, empty or naming its last owner
+({"pid", "host", "started"}), which only serves the message a second process gets: "in use by pid 1234 on host".
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
+import fcntl
 import json
 import os
 import socket
-import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
@@ -28,147 +21,59 @@ from makemore.errors import MakemoreError
 LOCK_FILE = ".lock"
 
 
-def _process_start(pid: int) -> str | None:
-    """The kernel's start time of `pid` (clock ticks since boot, field 22 of /proc/PID/stat), or None if unknown."""
+def read_lock(path: str | Path) -> dict | None:
+    """The owner a lock file names, or None when it is missing, empty or unreadable."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        info = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return None
-    # The command name (field 2) is in parentheses and may contain spaces: split after the last ")".
-    fields = stat[stat.rfind(")") + 2 :].split()
-    return fields[19] if len(fields) > 19 else None
+    return info if isinstance(info, dict) else None
 
 
-def _pid_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, owned by someone else
-        return True
-    except OSError:
-        return False
-    return True
-
-
-def owner_alive(info: dict) -> bool:
-    """Whether the process that wrote this lock is still running (unknown hosts count as alive)."""
-    if info.get("host") != socket.gethostname():
-        return True
-    pid = info.get("pid")
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return False
-    if not _pid_running(pid):
-        return False
-    recorded, current = info.get("proc_start"), _process_start(pid)
-    return recorded is None or current is None or recorded == current
-
-
-def read_lock(path: Path) -> dict | None:
-    """The lock's contents; {} for an unreadable/corrupt lock (never executed, only parsed); None if absent."""
-    try:
-        raw = path.read_bytes()[:4096]
-    except FileNotFoundError:
-        return None
-    except OSError:
-        return {}
-    try:
-        info = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return {}
-    return info if isinstance(info, dict) else {}
-
-
-def describe(info: dict) -> str:
-    started = info.get("started")
-    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if isinstance(started, (int, float)) else "?"
-    return f"pid {info.get('pid', '?')} on {info.get('host', '?')}, since {when}"
+def describe(info: dict | None) -> str:
+    if not info:
+        return "another makemore process"
+    return f"another makemore process (pid {info.get('pid')} on {info.get('host')})"
 
 
 class RunLock:
-    """`with RunLock(run_dir): ...` holds the run directory's lock; raises MakemoreError if another process has it.
-
-    After `acquire()`, `took_over` is the description of the stale lock replaced, if any.
-    """
+    """`with RunLock(run_dir):` holds the run directory for this process; a second holder is refused at once."""
 
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK_FILE
-        self.held = False
-        self.took_over: str | None = None
+        self._fd: int | None = None
 
-    def _info(self) -> dict:
-        pid = os.getpid()
-        return {"pid": pid, "host": socket.gethostname(), "started": time.time(), "proc_start": _process_start(pid)}
-
-    def _try_create(self) -> bool:
-        """Place a complete lock file atomically; False if one exists."""
-        data = json.dumps(self._info()).encode("utf-8")
-        fd, tmp = tempfile.mkstemp(dir=self.run_dir, prefix=".lock.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            try:
-                os.link(tmp, self.path)
-                return True
-            except FileExistsError:
-                return False
-            except OSError as error:  # a filesystem without hard links: O_EXCL (a reader may see it half-written)
-                if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
-                    raise
-                try:
-                    out = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-                except FileExistsError:
-                    return False
-                with os.fdopen(out, "wb") as handle:
-                    handle.write(data)
-                return True
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-
-    def _take_over(self, stale: dict) -> None:
-        aside = self.path.with_name(f"{LOCK_FILE}.stale.{os.getpid()}")
-        try:
-            os.replace(self.path, aside)
-        except FileNotFoundError:
-            return  # someone else removed it first; try again to create ours
-        if read_lock(aside) != stale:  # we moved a lock that is not the stale one: give it back
-            try:
-                os.link(aside, self.path)
-            except OSError:
-                pass
-        aside.unlink(missing_ok=True)
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
 
     def acquire(self) -> RunLock:
         try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            for _ in range(20):
-                if self._try_create():
-                    self.held = True
-                    return self
-                info = read_lock(self.path)
-                if info is None:
-                    continue  # released between our two looks
-                if info and owner_alive(info):
-                    raise MakemoreError(
-                        f"{self.run_dir}: in use by another makemore process ({describe(info)}); wait for it to "
-                        f"finish or stop it (if it is gone, delete {self.path})"
-                    )
-                self.took_over = describe(info) if info else "an unreadable lock file"
-                self._take_over(info)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as error:
             raise MakemoreError(f"{self.run_dir}: cannot lock the run directory ({error.strerror or error})") from None
-        raise MakemoreError(f"{self.path}: could not take the lock (other processes keep racing for it)")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise MakemoreError(
+                f"{self.run_dir}: in use by {describe(read_lock(self.path))}; wait for it to finish or stop it"
+            ) from None
+        owner = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()})
+        with contextlib.suppress(OSError):  # the name is for messages only; a read-only disk still locks
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, owner.encode("utf-8"), 0)
+        self._fd = fd
+        return self
 
     def release(self) -> None:
-        if not self.held:
+        if self._fd is None:
             return
-        self.held = False
-        info = read_lock(self.path)
-        if info and info.get("pid") == os.getpid() and info.get("host") == socket.gethostname():
-            # On a filesystem gone read-only the lock stays: it is stale once we exit, and taken over then.
-            with contextlib.suppress(OSError):
-                self.path.unlink(missing_ok=True)
+        fd, self._fd = self._fd, None
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)  # no owner to name any more
+        os.close(fd)  # closing releases the lock; the file stays (unlinking it would race with a new owner)
 
     def __enter__(self) -> RunLock:
         return self.acquire()
@@ -187,7 +92,7 @@ def remove_stale_temp_files(run_dir: str | Path) -> list[str]:
     """
     removed = []
     for path in Path(run_dir).glob(".*.tmp"):
-        if path.is_file() and not path.name.startswith(LOCK_FILE + "."):  # another process's lock attempt
+        if path.is_file():
             with contextlib.suppress(OSError):
                 path.unlink(missing_ok=True)
                 removed.append(path.name)
