@@ -21,6 +21,8 @@ from hypothesis import strategies as st
 from makemore.cli import main
 
 PROGRESS = re.compile(r"\|\s*\d+/\d+ \[")
+pytestmark = pytest.mark.slow  # fuzzing: run with `pytest -m slow` (CI does)
+
 FUZZ = settings(
     max_examples=int(os.environ.get("MAKEMORE_FUZZ_EXAMPLES", "25")),  # more for a longer hunt
     deadline=None,
