@@ -48,7 +48,10 @@ MAX_CONFIG_BYTES = 1 << 20
 def atomic_write(path: str | Path, data: bytes) -> None:
     """Temp file in the same directory -> fsync -> rename -> fsync the directory: old or new, never half."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:  # name the file the user asked for, not the temp file beside it
+        raise OSError(error.errno, error.strerror, str(path)) from None
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a run should be as readable as any file the user writes
         with os.fdopen(fd, "wb") as handle:
@@ -56,6 +59,9 @@ def atomic_write(path: str | Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as error:
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(error.errno, error.strerror, str(path)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -227,6 +233,8 @@ def parse_run_spec(obj: Any, where: str) -> RunSpec:
 
 def read_run_spec(run_dir: str | Path) -> RunSpec:
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise MakemoreError(f"{run_dir}: is a file, not a run directory (a run is the directory that train --out made)")
     if not run_dir.is_dir():
         raise MakemoreError(f"{run_dir}: no such run directory")
     path = run_dir / RUN_FILE
