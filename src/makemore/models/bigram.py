@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from makemore.config import check, field
@@ -18,7 +19,7 @@ class BigramConfig:
     l2: float = field(0.01, "L2 penalty on the logit table (smoothing as regularisation)")
 
     def __post_init__(self):
-        check(self.l2 >= 0, f"l2 must be >= 0, got {self.l2}")
+        check(self.l2 >= 0, f"--l2 must be >= 0, got {self.l2}")
 
 
 class Bigram(LanguageModel):
@@ -31,7 +32,9 @@ class Bigram(LanguageModel):
         return 1
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        logits = self.logits[idx]  # (B, T, V)
+        # F.embedding, not self.logits[idx]: indexing's backward accumulates with atomics on a multi-threaded CPU, so
+        # its gradient (and then the whole run) could differ between two runs of the same command.
+        logits = F.embedding(idx, self.logits)  # (B, T, V)
         loss = sequence_nll(logits, targets) if targets is not None else None
         return logits, loss
 
