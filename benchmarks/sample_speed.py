@@ -5,8 +5,7 @@
     python benchmarks/sample_speed.py --models transformer,mlp --train-seconds 60 --flags "transformer=--n-embd 64"
 
 Columns (all through `Run.generate`, the code path of `makemore sample`):
-  warm-up          12 single-item calls, timed once: a process loads the Transformer's compiled decoding kernels
-                   after a few decodes (Numba: about 0.5 s from its disk cache, a few seconds on first use)
+  warm-up          12 single-item calls, timed once: a process's first decodes (lazy imports, first allocations)
   plain N          N items in one call, unconstrained (N = 1: the mean over repeated calls: interactive use);
                    `makemore sample`'s default path (--format plain: no log-probs, no nearest-item search)
   constrained N    --prefix P --suffix S --min-len 4, P and S the commonest first and last characters of the data
@@ -97,7 +96,7 @@ def measure(run: makemore.Run, sizes: list[int], seed: int) -> dict[str, str]:
     def draw(n: int, **options):  # what `makemore sample` does with the default --format plain
         return run.generate(n, seed=seed, nearest=False, logprobs=False, **options)
 
-    # a process switches to compiled decoding steps (where a model has them) after a few decodes: time that once
+    # a process's first decodes pay for lazy imports and first allocations: time them once
     start = time.perf_counter()
     for _ in range(12):
         draw(1)

@@ -73,9 +73,8 @@ def measure(name: str, model_config, splits, vocab, train_config: TrainConfig, s
         "model": name,
         "dtype": train_config.dtype,
         "compile": train_config.compile,
-        # threads training at the end: intra-op threads, or with row splitting one thread per shard of the rows
-        "threads": trainer.thread_chooser.active if trainer.splitter is not None else torch.get_num_threads(),
-        "row_split": trainer.splitter is not None and trainer.thread_chooser.active > 1,
+        "threads": trainer.threads,  # intra-op threads (with row shards: one per shard while training)
+        "row_shards": train_config.row_shards if trainer.splitter is not None else 1,
         "packed": type(trainer.sampler).__name__ == "PackedSampler",
         "batch_size": train_config.batch_size,
         "params": model.parameter_count(),
@@ -109,6 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", choices=("fp32", "bf16"), help="autocast dtype (default: the model's)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile")
     parser.add_argument("--threads", type=int, help="torch threads (default: the model's recommendation)")
+    parser.add_argument("--row-shards", type=int, help="a batch's rows as this many shards on as many threads")
     parser.add_argument("--pack", action=argparse.BooleanOptionalAction, default=None, help="packed rows (packable)")
     parser.add_argument("--grid", action="store_true", help="every combination of fp32/bf16 and eager/compiled")
     parser.add_argument("--train", help="training items (default: ../shared/data/names-train.txt or first-names)")
@@ -129,7 +129,9 @@ def main(argv: list[str] | None = None) -> None:
         model_config = config_mod.from_namespace(spec.config_class, args)
         base = config_mod.replace(TrainConfig(), **spec.train_defaults)
         overrides = {
-            k: getattr(args, k) for k in ("batch_size", "dtype", "threads", "pack") if getattr(args, k) is not None
+            k: getattr(args, k)
+            for k in ("batch_size", "dtype", "threads", "row_shards", "pack")
+            if getattr(args, k) is not None
         }
         if args.compile is not None:
             overrides["compile"] = args.compile
@@ -138,8 +140,6 @@ def main(argv: list[str] | None = None) -> None:
         if args.grid:
             variants = [config_mod.replace(base, dtype=d, compile=c) for c in (False, True) for d in ("fp32", "bf16")]
         for train_config in variants:
-            if train_config.threads:
-                torch.set_num_threads(train_config.threads)
             try:
                 result = measure(name, model_config, splits, vocab, train_config, args.seconds, args.warmup)
             except Exception as error:  # e.g. torch.compile without a working C++ toolchain

@@ -89,26 +89,3 @@ def test_ema_evaluates_and_keeps_the_average_and_trains_the_weights(tmp_path, na
     names = [name for name, _ in trainer.model.named_parameters()]
     assert all(torch.equal(kept[name], a) for name, a in zip(names, average))
     assert all(torch.equal(p, t) for p, t in zip(trainer.model.parameters(), trained))  # training goes on from these
-
-
-@pytest.mark.parametrize("flat", [False, True])
-def test_weight_average_follows_the_decay_schedule(flat):
-    from makemore.training.optim import FlatAdamW
-    from makemore.training.trainer import WeightAverage
-
-    model = build_model("bigram", MODELS["bigram"].config_class(), 3)
-    (weight,) = model.parameters()
-    with torch.no_grad():
-        weight.fill_(0.0)
-    layout = FlatAdamW([{"params": [weight]}], lr=0.1, betas=(0.9, 0.99)).layout() if flat else None
-    average = WeightAverage(model, decay=0.5, layout=layout)
-    assert (average.averaged[0].numel() == weight.numel()) and len(average.average) == 1
-    with torch.no_grad():
-        weight.fill_(1.0)
-    average.update(step=0)  # decay min(0.5, 1/10): mostly the new weights
-    assert torch.allclose(average.average[0], torch.full_like(weight, 0.9))
-    average.update(step=100)  # decay 0.5
-    assert torch.allclose(average.average[0], torch.full_like(weight, 0.95))
-    with average.applied():
-        assert torch.allclose(weight, torch.full_like(weight, 0.95))
-    assert torch.equal(weight, torch.ones_like(weight))

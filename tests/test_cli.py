@@ -169,3 +169,43 @@ def test_preset_sets_defaults_that_flags_still_override(tmp_path, names_file):
         text=True,
     )
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_a_misspelt_command_or_flag_gets_a_did_you_mean(capsys):
+    code, _, err = run_cli(capsys, "trian")
+    assert code == 2 and err == "makemore: error: unknown command 'trian'; did you mean 'train'?\n"
+    code, _, err = run_cli(capsys, "fly")
+    assert code == 2 and "choose from" in err and "did you mean" not in err
+    code, _, err = run_cli(capsys, "train", "--max-stpes", "3")
+    assert code == 2 and err.count("\n") == 1 and "did you mean --max-steps?" in err
+    code, _, err = run_cli(capsys, "plot", "los", "run")
+    assert code == 2 and err.count("\n") == 1 and "did you mean loss?" in err
+
+
+def test_help_lists_the_choices_of_every_option_that_has_them(capsys):
+    code, out, _ = run_cli(capsys, "train", "--model", "ngram", "--help")
+    assert code == 0
+    for shown in (
+        "--optimizer {adamw,sgd}",
+        "--schedule {cosine,step,constant}",
+        "--dtype {fp32,bf16,fp16}",
+        "--smoothing {kneser-ney,add-k}",
+        "--order INT|auto",
+    ):
+        assert shown in out, shown
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--model", "mlp", "--n-embd", "0"], "--n-embd must be >= 1, got 0"),
+        (["--model", "rnn", "--n-layer", "0"], "--n-layer must be >= 1, got 0"),
+        (["--model", "wavenet", "--n-hidden", "0"], "--n-hidden must be in 1..65536, got 0"),
+        (["--model", "ngram", "--max-order", "99"], "--max-order must be in 1.."),
+        (["--model", "bigram", "--l2", "-1"], "--l2 must be >= 0, got -1.0"),
+    ],
+)
+def test_config_errors_name_the_flag(capsys, tmp_path, names_file, flags, message):
+    code, _, err = run_cli(capsys, "train", "-i", names_file, "--out", tmp_path / "run", *flags)
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "run" / "run.json").exists()

@@ -1,4 +1,5 @@
 import argparse
+import dataclasses
 from dataclasses import dataclass
 
 import pytest
@@ -54,3 +55,36 @@ def test_every_preset_names_real_settings(model, preset):
     train_config = config.replace(config.replace(TrainConfig(), **spec.train_defaults), **chosen.train)
     assert all(getattr(model_config, key) == value for key, value in chosen.model.items())
     assert all(getattr(train_config, key) == value for key, value in chosen.train.items())
+
+
+def test_help_shows_choices_and_special_words():
+    @dataclass
+    class Choosy:
+        optimizer: str = config.field("adamw", "optimizer", choices=("adamw", "sgd"))
+        order: int = config.field(0, "order", names={"auto": 0})
+
+    parser = argparse.ArgumentParser()
+    config.add_flags(parser, Choosy)
+    shown = parser.format_help()
+    assert "--optimizer {adamw,sgd}" in shown and "--order INT|auto" in shown and "(default: auto)" in shown
+    assert config.from_namespace(Choosy, parser.parse_args(["--order", "auto"])) == Choosy()
+
+
+def test_check_messages_name_flags_not_fields():
+    with pytest.raises(MakemoreError, match=r"^--size must be > 0$"):
+        config.replace(Example(), size=0)
+    with pytest.raises(MakemoreError, match=r"^unknown setting\(s\) --colour$"):
+        config.replace(Example(), colour="red")
+    assert config.flag_words("max_steps of the step schedule; --n-embd, add-k", TrainConfig) == (
+        "--max-steps of the step --schedule; --n-embd, add-k"
+    )
+
+
+@pytest.mark.parametrize("name", ["bigram", "mlp", "wavenet", "rnn", "ngram"])
+def test_model_config_messages_name_flags(name):
+    config_class = MODELS[name].config_class
+    numbers = [f.name for f in dataclasses.fields(config_class) if f.type in ("int", "float", int, float)]
+    for field_name in numbers:
+        with pytest.raises(MakemoreError) as error:
+            config.replace(config_class(), **{field_name: -(10**9)})
+        assert "_" not in str(error.value).split(" must ")[0], str(error.value)  # --n-embd, never n_embd

@@ -7,6 +7,7 @@ from conftest import NAMES
 
 from makemore.cli import main
 from makemore.data.lines import LineSplit, Vocab
+from makemore.errors import MakemoreError
 from makemore.models import MODELS, build_model
 from makemore.models.mix import Mix, MixConfig, fit_weights, member_log_probs, mixture_nll
 from makemore.runs import checkpoint as ckpt
@@ -216,3 +217,29 @@ def test_stream_runs_mix_with_each_member_reading_its_own_context(capsys, tmp_pa
     assert result["nll"] <= min(read_in_mix.values()) + 1e-6
     code, out, err = run_cli(capsys, "sample", tmp_path / "mix", "--prompt", "the ", "--length", 20, "--seed", 1)
     assert code == 0 and out.startswith("the ") and len(out) == len("the ") + 21, err
+
+
+def test_mix_runs_is_a_library_function_the_command_calls(capsys, tmp_path, names_file):
+    from makemore.training.mixing import mix_runs
+
+    for name, order in (("two", 2), ("three", 3)):
+        flags = ["--model", "ngram", "--order", order, "--samples", 0]
+        code, _, err = run_cli(capsys, "train", "-i", names_file, "--out", tmp_path / name, *flags)
+        assert code == 0, err
+    members = [tmp_path / "two", tmp_path / "three"]
+    result = mix_runs(members, tmp_path / "mix")
+    assert capsys.readouterr() == ("", "")  # library code prints nothing
+    weights = [member["weight"] for member in result["members"]]
+    assert sum(weights) == pytest.approx(1.0) and result["fitted_on"] == "val" and result["tokens"] > 0
+    assert result["val_nll"] <= min(member["val_nll"] for member in result["members"]) + 1e-9
+    spec = ckpt.read_run_spec(tmp_path / "mix")
+    assert spec.model_name == "mix" and spec.data["mix"]["weights"] == pytest.approx(weights)
+
+    with pytest.raises(MakemoreError, match="already exists; use --force"):
+        mix_runs(members, tmp_path / "mix")
+    again = mix_runs(members, tmp_path / "mix", force=True, em_steps=1)
+    assert again["out"] == str(tmp_path / "mix")
+    with pytest.raises(MakemoreError, match="at least two runs"):
+        mix_runs(members[:1], tmp_path / "solo")
+    code, out, err = run_cli(capsys, "mix", *members, "--out", tmp_path / "cli")
+    assert code == 0 and f"val nll {result['val_nll']:.4f}" in out, err

@@ -262,133 +262,64 @@ def test_batch_norm_train_and_eval(name):
         assert not torch.allclose(model(x)[0], first, atol=1e-4)
 
 
-@pytest.mark.parametrize("batch", [4, 12])  # 4: the whole step compiled; 12: attention compiled, matmuls in PyTorch
 @pytest.mark.parametrize("overrides", [{}, {"bias": False, "tie_weights": True}])
-def test_transformer_compiled_step_equals_the_pytorch_step(overrides, batch):
-    """The compiled kernels (transformer_kernel.py) give the PyTorch step's logits, through boundary tokens
-    mid-row (a new item: positions restart, earlier keys hidden), a reorder, and the window slide."""
-    pytest.importorskip("numba")
+def test_transformer_step_equals_forward_through_boundaries_reorders_and_the_slide(overrides):
+    """Decoding goes through the same blocks as `forward`: through boundary tokens mid-row (a new item: positions
+    restart, earlier keys hidden), a reorder that drops and repeats rows, and past block_size (the window slides)."""
     model = make("transformer", **overrides)
     train_steps(model, steps=5)
     model.eval()
-    idx = random_tokens(batch)
+    batch = 5
+    length = model.config.block_size + 3
+    idx = random_tokens(batch).repeat(1, 2)[:, :length]
     idx[:, 0] = BOUNDARY
-    idx[1, 4] = idx[2, 6] = BOUNDARY
-    rows = torch.tensor([3, 0, 2] + list(range(4, batch)))
-    cut, length = 7, model.config.block_size + 3  # past block_size: the slid window is read by PyTorch
-    idx = idx.repeat(1, 2)[:, :length]
-    results = {}
+    idx[1, 4] = idx[2, 3] = BOUNDARY
+    rows = torch.tensor([3, 0, 2, 2])  # row 1 and 4 leave, row 2 twice
+    cut = 4
     with torch.no_grad():
-        for compiled in (False, True):
-            model.use_kernel = compiled
-            state, steps = model.init_state(batch), []
-            for t in range(length):
-                if t == cut:
-                    state = model.reorder_state(state, rows)
-                logits, state = model.step(idx[:, t] if t < cut else idx[rows, t], state)
-                steps.append(logits[: rows.numel()])
-            results[compiled] = torch.stack(steps, 1)
-    assert torch.allclose(results[True], results[False], atol=1e-5, rtol=1e-4)
+        state, steps = model.init_state(batch), []
+        for t in range(length):
+            if t == cut:
+                state = model.reorder_state(state, rows)
+            logits, state = model.step(idx[:, t] if t < cut else idx[rows, t], state)
+            steps.append(logits)
+        full, _ = model(idx)
+    assert torch.allclose(torch.stack(steps[:cut], 1), full[:, :cut], atol=1e-5, rtol=1e-4)
+    assert torch.allclose(torch.stack(steps[cut:], 1), full[rows, cut:], atol=1e-5, rtol=1e-4)
 
 
-def test_transformer_reorders_that_drop_rows_share_the_cache_exactly():
-    """With the kernels on, dropping rows of a large batch copies no keys/values (the state maps rows into the
-    shared buffers); logits equal the PyTorch path's with copies, through a second reorder and a repeated row."""
-    pytest.importorskip("numba")
-    model = make("transformer")
-    train_steps(model, steps=5)
-    model.eval()
-    idx = random_tokens(16)
-    idx[:, 0] = BOUNDARY
-    idx[3, 5] = BOUNDARY
-    drops = {4: torch.tensor([0, 2, 3, 5, 6, 7, 8, 9, 10, 11, 12, 13, 15]), 7: torch.arange(1, 12)}
-    repeat = {9: torch.tensor([0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9])}  # a repeated row: buffers of its own again
-    results = {}
-    with torch.no_grad():
-        for compiled in (False, True):
-            model.use_kernel = compiled
-            state, rows, out = model.init_state(16), torch.arange(16), []
-            for t in range(T):
-                for table in (drops, repeat):
-                    if t in table:
-                        state, rows = model.reorder_state(state, table[t]), rows[table[t]]
-                        if compiled and table is drops:
-                            assert state["rows"] is not None
-                logits, state = model.step(idx[rows, t], state)
-                out.append(logits[:11])
-            results[compiled] = torch.stack(out, 1)
-    assert torch.allclose(results[True], results[False], atol=1e-5, rtol=1e-4)
-
-
-def test_cache_pool_reuses_memory_only_once_no_state_holds_it():
-    from makemore.models.transformer import CachePool
-
-    pool, like = CachePool(1 << 20), torch.empty(0)
-    keys, values = pool.take((3, 5), 2, like)
-    assert keys.shape == values.shape == (3, 5) and keys.is_contiguous()
-    assert values.data_ptr() == keys.data_ptr() + 15 * 4  # one buffer, two parts
-    busy = pool.take((3, 5), 2, like)[0]
-    assert busy.data_ptr() != keys.data_ptr()  # in use: never handed out twice
-    first = keys.data_ptr()
-    del keys, values
-    assert pool.take((4, 4), 2, like)[0].data_ptr() == first  # free again, and big enough
-    assert pool.take((100, 100), 1, like)[0].numel() == 10_000  # over the limit: fresh, and not kept
-    assert pool._bytes() <= 1 << 20
-    nothing_kept = CachePool(0)
-    nothing_kept.take((3, 5), 2, like)
-    assert nothing_kept.entries == []
-
-
-@pytest.mark.parametrize("compiled", [False, True])
-def test_transformer_decodes_repeat_exactly_on_reused_cache_memory(compiled):
-    """Buffers that come back from the pool hold an earlier decode's keys and values: nothing may read them."""
+def test_transformer_decodes_repeat_exactly():
+    """Cache buffers are allocated empty and may hold an earlier decode's keys and values: nothing may read them."""
     from makemore.generation.constraints import length_constraint
     from makemore.generation.sample import decode
 
-    if compiled:
-        pytest.importorskip("numba")
     model = make("transformer")
     train_steps(model, steps=5)
     model.eval()
-    model.use_kernel = compiled
     constraint = length_constraint(model.vocab_size, 12)
 
     def items(seed: int) -> list[list[int]]:
         return [g.ids for g in decode(model, 40, constraint, generator=torch.Generator().manual_seed(seed))]
 
     first = items(0)
-    assert model._cache_pool.entries
-    for seed in (1, 2):  # fill the pooled buffers with other decodes' caches
+    for seed in (1, 2):  # leave other decodes' caches in freed memory
         items(seed)
     assert items(0) == first
 
 
-def test_transformer_kernel_follows_parameter_updates():
-    pytest.importorskip("numba")
-    model = make("transformer")
-    model.eval().use_kernel = True
-    token = torch.tensor([BOUNDARY])
+def test_transformer_forward_hooks_see_training_and_decoding_alike():
+    """One definition: `step` runs the same modules as `forward`, so hooks (--diagnostics records activations
+    with them) see both."""
+    model = make("transformer").eval()
+    seen = []
+    model.blocks[0].mlp[1].register_forward_hook(lambda module, args, out: seen.append(tuple(out.shape)))
+    model.blocks[1].attn.register_forward_hook(lambda module, args, out: seen.append(tuple(out.shape)))
+    C = model.config.n_embd
     with torch.no_grad():
-        before = model.step(token, model.init_state(1))[0].clone()
-        model.lm_head.weight.add_(0.5)  # in place, as an optimizer step or load_state_dict does
-        after = model.step(token, model.init_state(1))[0]
-        model.use_kernel = False
-        expected = model.step(token, model.init_state(1))[0]
-    assert not torch.allclose(before, after)
-    assert torch.allclose(after, expected, atol=1e-5)
-
-
-def test_transformer_steps_with_autograd_never_use_the_kernels():
-    """A decode set up for the kernels but stepped with autograd on stays in PyTorch (the kernels would fail on
-    tensors that require grad, and have no backward)."""
-    pytest.importorskip("numba")
-    model = make("transformer")
-    model.eval().use_kernel = True
-    for batch in (2, 12):  # the whole-step kernel; the attention kernel
-        with torch.no_grad():
-            state = model.init_state(batch)
-        logits, _ = model.step(torch.full((batch,), BOUNDARY), state)
-        assert logits.requires_grad
+        model(random_tokens(2)[:, :4])
+        assert seen == [(2, 4, 4 * C), (2, 4, C)]
+        model.step(torch.full((2,), BOUNDARY), model.init_state(2))
+    assert seen[2:] == [(2, 1, 4 * C), (2, 1, C)]
 
 
 def test_transformer_step_does_not_recompute_the_prefix():
@@ -396,15 +327,15 @@ def test_transformer_step_does_not_recompute_the_prefix():
     model.eval()
     full_reads = []  # calls of the full-window forward: only once the window has to slide
     run = model._run
-    model._run = lambda idx: full_reads.append(tuple(idx.shape)) or run(idx)
+    model._run = lambda idx, state=None: full_reads.append(tuple(idx.shape)) or run(idx, state)
     state = model.init_state(2)
     bs = model.config.block_size
     with torch.no_grad():
         for t in range(bs):
             _, state = model.step(torch.full((2,), t % V), state)
         assert full_reads == []
-        assert state["k"].shape[:4] == (bs, model.config.n_layer, 2, model.config.n_head)
-        assert bool((state["k"].abs().sum(-1) > 0).all())  # every position of every layer written, one per step
+        assert state.keys.shape[:4] == (bs, model.config.n_layer, 2, model.config.n_head)
+        assert bool((state.keys.abs().sum(-1) > 0).all())  # every position of every layer written, one per step
         model.step(torch.full((2,), 1), state)
     assert full_reads == [(2, bs)]
 

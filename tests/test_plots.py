@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from makemore.cli import main
-from makemore.cli.plot import take_lr_auto
+from makemore.cli.lr_find import take_lr_auto
 from makemore.data.lines import LineSplit, Vocab
 from makemore.insight import plots
 from makemore.models import MODELS, build_model
-from makemore.models.transformer import Visibility
+from makemore.models.transformer import visible_keys
 from makemore.training import diagnostics
 from makemore.training.lr_finder import find_lr, suggest_lr
 from makemore.training.trainer import TrainConfig
@@ -189,10 +189,9 @@ def test_attention_plot_and_maps_match_the_fused_attention(capsys, tmp_path, nam
     x = model.wte(idx) + model.wpe(torch.arange(6))
     v = block.attn.c_attn(block.ln_1(x)).view(3, 6, 3, 2, 4)[:, :, 2].transpose(1, 2)  # (B, nh, T, hs)
     mixed = block.attn.c_proj((maps[0] @ v).transpose(1, 2).reshape(3, 6, 8))
-    for compiled in (False, True):  # PyTorch's attention and the compiled kernel
-        causal = Visibility(torch.zeros(3, 6, dtype=torch.long), compiled)  # every query's item starts at 0
-        with torch.no_grad():
-            torch.testing.assert_close(mixed, block.attn(block.ln_1(x), causal)[0], atol=1e-5, rtol=1e-4)
+    causal = visible_keys(torch.zeros(3, 6, dtype=torch.long))  # every query's item starts at 0
+    with torch.no_grad():
+        torch.testing.assert_close(mixed, block.attn(block.ln_1(x), causal), atol=1e-5, rtol=1e-4)
 
 
 def test_learned_bigram_direct_and_averaged(names_file):
@@ -283,3 +282,77 @@ def test_tensorboard_writes_events(capsys, tmp_path, names_file):
     assert {"loss/train", "loss/val", "train/lr", "train/grad_norm"} <= set(events.Tags()["scalars"])
     assert any(tag.startswith("activations/") for tag in events.Tags()["histograms"])
     assert not math.isnan(events.Scalars("loss/train")[-1].value)
+
+
+def test_plot_loss_of_a_fitted_run_says_there_is_no_curve(capsys, tmp_path, names_file, mlp_run):
+    ngram = train(capsys, tmp_path, names_file, "ngram", "--model", "ngram", "--order", 2)
+    code, out, err = run_cli(capsys, "plot", "loss", ngram, "--dpi", DPI)
+    assert code == 2 and err.count("\n") == 1 and "no loss curve" in err and "closed form" in err
+    assert not (ngram / "plots").exists()
+    out_file = tmp_path / "both.png"  # beside a trained run, the fitted one is a reference line
+    code, _, err = run_cli(capsys, "plot", "loss", ngram, mlp_run, "--out", out_file, "--dpi", DPI)
+    assert code == 0 and out_file.exists(), err
+
+
+def test_embeddings_of_a_mix_are_refused_with_its_member_runs_named(capsys, tmp_path, names_file, mlp_run):
+    ngram = train(capsys, tmp_path, names_file, "ngram", "--model", "ngram", "--order", 2)
+    mix = tmp_path / "mix"
+    assert run_cli(capsys, "mix", mlp_run, ngram, "--out", mix)[0] == 0
+    for argv in (["plot", "embeddings", mix], ["export-embeddings", mix]):
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 2 and err.count("\n") == 1, err
+        assert "mix run has no character embeddings of its own" in err and str(mlp_run.resolve()) in err
+    assert not (mix / "plots").exists() and not (mix / "embeddings.csv").exists()
+
+
+def test_bigram_of_running_text_counts_pairs_across_lines(capsys, tmp_path):
+    from test_stream import PROSE
+
+    text = PROSE * 3
+    path = tmp_path / "prose.txt"
+    path.write_text(text, encoding="utf-8")
+    picture = plots.data_bigram(str(path))
+    assert picture.mode == "stream"
+    chars = sorted(set(text))
+    assert picture.labels[chars.index("\n")] == "↵"  # a line break is a character, and no boundary symbol
+    assert len(picture.labels) == len(chars) and picture.matrix.shape == (len(chars), len(chars))
+    expected = np.zeros_like(picture.matrix)
+    for a, b in zip(text, text[1:]):
+        expected[chars.index(a), chars.index(b)] += 1
+    np.testing.assert_array_equal(picture.matrix, expected)
+    assert plots.data_bigram(str(path), mode="line").mode == "line"  # asked for: items, one per line
+
+    out = tmp_path / "prose-bigram.png"
+    code, stdout, err = run_cli(capsys, "plot", "bigram", path, "--out", out, "--dpi", DPI)
+    assert code == 0, err
+    assert png_size(out) == tuple(round(side * DPI) for side in plots.bigram_figure_size(len(chars)))
+
+
+def test_stream_run_bigram_is_averaged_over_its_val_stretch(capsys, tmp_path):
+    from test_stream import PROSE
+
+    path = tmp_path / "prose.txt"
+    path.write_text(PROSE * 6, encoding="utf-8")
+    run = tmp_path / "kn"
+    flags = ["--mode", "stream", "--model", "ngram", "--order", 3, "--samples", 0]
+    assert run_cli(capsys, "train", "-i", path, "--out", run, *flags)[0] == 0
+    spec, model = ckpt_load(run)
+    picture = plots.run_bigram(run, model, spec.vocab, spec.data)
+    assert picture.mode == "stream" and picture.detail.endswith("val characters")
+    assert picture.matrix.shape == (spec.vocab.size - 1, spec.vocab.size - 1)  # no boundary row and column
+    seen = ~np.isnan(picture.matrix).any(axis=1)
+    assert seen.sum() > 5 and np.all(picture.matrix[seen].sum(axis=1) <= 1.0 + 1e-6)
+
+
+def ckpt_load(run: Path):
+    from makemore.runs import checkpoint as ckpt
+
+    return ckpt.load_model(run)
+
+
+def test_every_insight_module_is_short():
+    import makemore.insight as insight
+
+    folder = Path(insight.__file__).parent
+    lengths = {path.name: len(path.read_text().splitlines()) for path in folder.glob("*.py")}
+    assert len(lengths) >= 5 and max(lengths.values()) < 500, lengths

@@ -123,51 +123,6 @@ def test_incremental_batched_sampling_equals_naive_recompute(name, n):
             assert fast == naive, (name, options)
 
 
-@pytest.mark.parametrize(
-    "options", [DecodeOptions(), DecodeOptions(temperature=0.6), DecodeOptions(greedy=True), DecodeOptions(top_k=3)]
-)
-def test_compiled_transformer_decoding_gives_the_same_items(options):
-    """The compiled kernels change speed, not samples: same seed, same items and log-probs. Under lengths-only
-    constraints the whole decode is one compiled call (the model is stepped only for the prefix)."""
-    pytest.importorskip("numba")
-    torch.manual_seed(0)
-    config = MODELS["transformer"].config_class(n_layer=2, n_head=2, n_embd=8, block_size=16)
-    model = build_model("transformer", config, 7).eval()  # a window longer than any item: no slide
-    with torch.no_grad():  # sharper than at init, so that items vary
-        for p in model.parameters():
-            p.mul_(3.0)
-    step, calls = model.step, []
-    model.step = lambda idx, state: calls.append(1) or step(idx, state)
-    for constraint in (length_constraint(7, 9, prefix_ids=[2]), length_constraint(7, 5, min_len=3)):
-        results = []
-        for compiled in (False, True):
-            model.use_kernel, calls[:] = compiled, []
-            items = decode(model, 6, constraint, options, seeded(5))
-            results.append([(g.ids, round(g.model_logprob, 4), round(g.logprob, 4)) for g in items])
-        assert results[0] == results[1]
-        assert all(constraint.min_len <= len(ids) <= constraint.max_len for ids, _, _ in results[1])
-        once = options.top_k is None  # top-k: stepped by the sampler, through the compiled step
-        assert (len(calls) == 1 + len(constraint.prefix_ids)) == once
-
-
-def test_without_numba_the_transformer_decodes_through_pytorch(monkeypatch):
-    """Numba is optional at run time: without it the kernels are never asked for, and items are the same."""
-    from makemore.models import transformer
-
-    torch.manual_seed(0)
-    model = tiny_model("transformer", 7)
-    constraint = length_constraint(7, 5)
-    expected = {}
-    for available in (True, False):
-        if not available:
-            monkeypatch.setattr(transformer, "_kernel", lambda: None)
-        model.use_kernel = available  # asked for even when unavailable
-        for n in (3, 12):  # the small-batch path and the batched one
-            items = [g.ids for g in decode(model, n, constraint, DecodeOptions(), seeded(1))]
-            assert expected.setdefault(n, items) == items
-    assert model._decoding["now"] is None
-
-
 def test_finished_rows_leave_the_batch():
     model = tiny_mlp()
     sizes: list[int] = []

@@ -1,22 +1,23 @@
 """SIGKILL a training run again and again; resume it each time; check that nothing was lost.
 
     python benchmarks/robustness/kill_harness.py --kills 20            # the full harness (a few minutes)
-    python benchmarks/robustness/kill_harness.py --kills 3 --steps 300 # what tests/test_robustness.py runs
+    python benchmarks/robustness/kill_harness.py --kills 3 --steps 300 # a short one
 
-1. An uninterrupted reference run: `makemore train` with a fixed seed and checkpoint interval (--eval-every).
-2. The same command, SIGKILLed at `--kills` moments, each followed by `makemore train --resume RUN`. The moments
-   cycle through three kinds:
-     random    a uniformly random time after launch (start-up included)
-     training  a random time after the process reports it is training
-     write     the instant a temp file of an atomic write (checkpoint, best weights) appears in the run directory:
-               the kill lands inside the write
+1. An uninterrupted reference run: `makemore train` with a fixed seed and checkpoint interval (--eval-every), and
+   default thread settings (a run is deterministic by default: no flag is needed for bitwise equality).
+2. The same command, SIGKILLed at `--kills` moments, each followed by `makemore train --resume RUN`. Every kill is
+   triggered by the run's own progress, never by a clock, so it lands at the same kind of point on any machine:
+     started   the process reports it is training (the "device:" / "resuming at step" line)
+     logged    the Nth new line of metrics.jsonl (N random): mid-interval, with lines past the last checkpoint
+     write     a temp file of an atomic write (checkpoint, best weights) appears in the run directory: the kill
+               lands inside the write when it is caught there, just after it otherwise
    After every kill, every file on disk is loaded the way makemore loads it (run.json validated, model.safetensors
    into the model, checkpoint.safetensors with its state) and must load; no temp file may look like a real one.
 3. A last `--resume` runs to the end. Then the final val loss, every tensor of model.safetensors and of
    checkpoint.safetensors (weights, optimizer moments, RNG and sampler state), and the metrics log (steps and losses)
    must equal the reference bit for bit.
 
-Prints a table and exits 1 if anything differs. CPU only (--threads 1: bitwise equality needs a fixed thread count).
+Prints a table and exits 1 if anything differs. CPU only.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -55,8 +57,8 @@ def train_argv(data: Path, run: Path, steps: int, eval_every: int) -> list[str]:
     return [
         "train", "-i", str(data), "-o", str(run), "--model", "mlp", "--n-embd", "32", "--n-hidden", "256",
         "--block-size", "6", "--dropout", "0.1", "--batch-size", "32", "--max-steps", str(steps),
-        "--eval-every", str(eval_every), "--log-every", "10", "--warmup-steps", "20", "--threads", "1",
-        "--device", "cpu", "--samples", "3", "--seed", "7", "--patience", "0", "--mode", "line",
+        "--eval-every", str(eval_every), "--log-every", "10", "--warmup-steps", "20", "--device", "cpu",
+        "--samples", "3", "--seed", "7", "--patience", "0", "--mode", "line",
     ]  # fmt: skip
 
 
@@ -93,6 +95,9 @@ class Launch:
         for line in self.process.stderr:
             self.stderr.append(line)
 
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
     def kill(self) -> bool:
         """SIGKILL; False when the process had already exited."""
         if self.process.poll() is not None:
@@ -108,23 +113,50 @@ class Launch:
         return code
 
 
-def wait_for_write(run: Path, process: subprocess.Popen, timeout: float, nth: int = 1) -> bool:
-    """Poll the run directory until the `nth` new temp file of an atomic write (".NAME.XXXX.tmp") appears."""
-    deadline = time.perf_counter() + timeout
+POLL_SECONDS = 0.001  # how often a condition on the run directory is looked at (it is what triggers a kill)
 
-    def temp_files() -> set[str]:
-        try:
-            return {n for n in os.listdir(run) if n.endswith(".tmp") and not n.startswith(".lock")}
-        except FileNotFoundError:
-            return set()
 
-    old, seen = temp_files(), set()  # leftovers of earlier kills don't count
-    while time.perf_counter() < deadline and process.poll() is None:
-        seen |= temp_files() - old
-        if len(seen) >= nth:
+def wait_until(condition: Callable[[], bool], alive: Callable[[], bool], timeout: float) -> bool:
+    """Look at `condition` until it holds (True), or the process has exited or `timeout` passed (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and alive():
+        if condition():
             return True
-        time.sleep(0.0002)
-    return False
+        time.sleep(POLL_SECONDS)
+    return condition()
+
+
+def temp_files(run: Path) -> set[str]:
+    """Temp files of atomic writes in progress (".NAME.XXXX.tmp"), the run lock's aside."""
+    try:
+        return {n for n in os.listdir(run) if n.endswith(".tmp") and not n.startswith(".lock")}
+    except FileNotFoundError:
+        return set()
+
+
+def logged_lines(run: Path) -> int:
+    """Complete lines in metrics.jsonl: one per log or evaluation event."""
+    try:
+        return (run / ckpt.METRICS_FILE).read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def after_lines(run: Path, count: int) -> Callable[[], bool]:
+    """A condition: `count` more lines in metrics.jsonl than now."""
+    target = logged_lines(run) + count
+    return lambda: logged_lines(run) >= target
+
+
+def in_a_write(run: Path, nth: int = 1) -> Callable[[], bool]:
+    """A condition: the `nth` new atomic write from now is in progress (its temp file is there)."""
+    old, seen = temp_files(run), set()  # leftovers of earlier kills don't count
+
+    def condition() -> bool:
+        seen.update(temp_files(run) - old)
+        return len(seen) >= nth
+
+    return condition
 
 
 def check_run_loads(run: Path) -> dict:
@@ -194,36 +226,31 @@ def run_harness(kills: int, workdir: Path, steps: int = 1500, eval_every: int = 
         raise RuntimeError("reference run failed:\n" + "".join(reference.stderr))
     ref_seconds = time.perf_counter() - start
     startup_seconds = reference.training_at - reference.started
-    # Random delays are drawn from a slice of the training time such that the kills spread over the whole run
-    # (on average each launch gets about half a slice further before its kill).
-    slice_seconds = (ref_seconds - startup_seconds) / max(kills, 1)
     log(f"reference run: {ref_seconds:.1f}s ({startup_seconds:.1f}s start-up), val loss {final_val_loss(ref):.6f}")
 
-    kinds = ["random", "training", "write"]
+    kinds = ["started", "logged", "write"]
     rows, failures, launches = [], [], 0
     argv = train_argv(data, run, steps, eval_every) + ["--force"]
+    lines_per_interval = eval_every // 10 + 1  # --log-every 10: train lines, and one eval line per checkpoint
     for index in range(kills):
         kind = kinds[index % len(kinds)]
         launch = Launch(argv)
         launches += 1
-        if kind == "random":  # at a random time since launch, but at most a slice into training
-            deadline = launch.started + rng.uniform(0.0, startup_seconds + slice_seconds)
-            while time.perf_counter() < min(deadline, launch.training_at + slice_seconds):
-                time.sleep(0.005)
-        elif kind == "training":
-            launch.training.wait(timeout=120)
-            time.sleep(rng.uniform(0.0, slice_seconds))
+        alive = launch.alive
+        if kind == "started":
+            wait_until(launch.training.is_set, alive, timeout=120)
+        elif kind == "logged":
+            wait_until(after_lines(run, rng.randint(1, 3 * lines_per_interval)), alive, timeout=300)
         else:
-            launch.training.wait(timeout=120)
+            wait_until(launch.training.is_set, alive, timeout=120)
             # the 2nd to 4th write from now: the first is often the best weights of the evaluation just before
             # the next checkpoint, and always killing there would never let the run advance
-            time.sleep(rng.uniform(0.0, slice_seconds / 2))
-            wait_for_write(run, launch.process, timeout=60, nth=rng.randint(2, 4))
+            wait_until(in_a_write(run, nth=rng.randint(2, 4)), alive, timeout=300)
         killed = launch.kill()
         if not killed:  # it finished (or failed) before the kill: it must have succeeded
             if launch.process.returncode != 0:
                 failures.append(f"kill {index + 1}: exited {launch.process.returncode}: {''.join(launch.stderr)}")
-            argv = ["train", "--resume", str(run), "--threads", "1"]
+            argv = ["train", "--resume", str(run)]
             rows.append({"kill": index + 1, "kind": kind, "landed": "after the end"})
             continue
         try:
@@ -234,7 +261,7 @@ def run_harness(kills: int, workdir: Path, steps: int = 1500, eval_every: int = 
         rows.append({"kill": index + 1, "kind": kind, **found})
         log(f"kill {index + 1:2d} ({kind:8s}): {found}")
         # a run killed before run.json existed has nothing to resume: the same command again (--force) starts it
-        argv = ["train", "--resume", str(run), "--threads", "1"] if found.get("run_json") else argv
+        argv = ["train", "--resume", str(run)] if found.get("run_json") else argv
 
     final = Launch(argv)
     launches += 1
@@ -253,7 +280,7 @@ def run_harness(kills: int, workdir: Path, steps: int = 1500, eval_every: int = 
                 failures.append(f"{name}: tensors differ from the reference: {differ[:5]}")
         if metric_lines(ref) != metric_lines(run):
             failures.append("metrics.jsonl: steps or losses differ from the reference")
-        leftovers = [p.name for p in run.iterdir() if p.name.startswith(".")]
+        leftovers = sorted(temp_files(run))  # (the lock file stays: an flock, released when its owner exits)
         if leftovers:
             failures.append(f"files left behind: {leftovers}")
     summary["failures"] = failures
@@ -276,11 +303,11 @@ def main() -> None:
     live = sum(1 for row in rows if row.get("landed") != "after the end")
     print()
     print(
-        "| kills | landed on a live process | kinds (random/training/write) | write kills that left a half-written "
+        "| kills | landed on a live process | kinds (started/logged/write) | write kills that left a half-written "
         "temp file | all files loaded | final val loss (reference / resumed) | bitwise equal |"
     )
     print("|---|---|---|---|---|---|---|")
-    kinds = "/".join(str(sum(1 for row in rows if row["kind"] == k)) for k in ("random", "training", "write"))
+    kinds = "/".join(str(sum(1 for row in rows if row["kind"] == k)) for k in ("started", "logged", "write"))
     equal = "yes" if summary["ok"] else "NO"
     print(f"| {summary['kills']} | {live} | {kinds} | {in_write} | {summary['survived']}/{summary['kills']} | "
           f"{summary.get('reference_val', float('nan')):.6f} / {summary.get('resumed_val', float('nan')):.6f} "

@@ -5,17 +5,23 @@
     run.sample(n=5, prefix="ja", temperature=0.8, seed=0)   # ['jalen', 'jasmin', ...]
     run.sample(n=3, suffix="ette", only_new=True, details=True)   # dicts: item, log-probs, status, nearest, ...
     run.sample(n=3, suffix="ette", particles=50)            # closer to p(item | ends in "ette")
-    run.beam(k=3, prefix="mar")                            # the 3 most probable items starting with "mar"
+    run.best(k=3, prefix="mar")                            # exactly the 3 most probable items starting with "mar"
+    run.beam(k=3, prefix="mar")                            # beam search: faster, approximate (may miss some)
     run.score(["emma", "xqz"])                             # [{'item': 'emma', 'logprob': -6.9, ...}, ...]
+    run.evaluate(split="val")                              # {'val': {'nll': 2.1, 'bpc': 3.0, 'ppl': 8.2, ...}}
 
-The CLI's `makemore sample` and `makemore score` are thin layers over `Run.generate` and `Run.score`.
+    story = makemore.load("runs/shakespeare")              # a stream-mode run continues text
+    story.continue_text("ROMEO:", length=200, seed=1)      # 'ROMEO:' and the 200 characters drawn after it
+
+The CLI's `makemore sample`, `eval` and `score` are thin layers over `Run.generate` (`Run.iter_text` for stream-mode
+runs), `Run.evaluate` and `Run.score`.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +29,13 @@ from typing import Any
 import torch
 
 from makemore.errors import MakemoreError
+from makemore.generation.checks import (
+    MAX_STREAM_LENGTH,
+    check_generate_args,
+    check_prefix_fits,
+    check_search_args,
+)
+from makemore.generation.common import Generated
 from makemore.generation.constraints import (
     Constraint,
     ConstraintSpec,
@@ -30,20 +43,24 @@ from makemore.generation.constraints import (
     build_constraint,
     length_constraint,
 )
+from makemore.generation.evaluate import evaluate_run
 from makemore.generation.novelty import NoveltyIndex
-from makemore.generation.sample import DecodeOptions, Generated, beam_search, decode, decode_smc
+from makemore.generation.sample import DecodeOptions, decode, decode_smc
 from makemore.generation.scoring import score_items
+from makemore.generation.search import MAX_EXPANSIONS, beam_search, best_first_search
+from makemore.generation.stream import stream_text
 from makemore.models import LanguageModel
 from makemore.runs import checkpoint as ckpt
+from makemore.runs.info import describe_run
+from makemore.training.launch import train
+from makemore.training.mixing import mix_runs
 
 MAX_ROUND = 50_000  # most candidates drawn in one batch while filling a filtered request
-MAX_ITEMS, MAX_BEAM, MAX_ITEM_LEN = 100_000, 10_000, 1 << 16  # limits on n; beam, width, particles; max_len
 STALE_ROUNDS = 5  # give up after this many rounds in a row that add nothing
 # conditioning="auto": draw by rejection while at least this share of candidates meets the constraint (judged after
 # REJECT_PROBE candidates); below it, masking fills the rest (rejection would cost more than 200 candidates an item)
 REJECT_MIN_RATE = 0.005
 REJECT_PROBE = 2000
-CONDITIONING = ("auto", "reject", "mask")
 
 
 @dataclass
@@ -55,47 +72,6 @@ class SampleResult:
     drawn: int = 0  # candidates generated
     rejected: dict[str, int] = field(default_factory=dict)  # reason -> count
     note: str | None = None  # why fewer than `requested` items were found (None when all were)
-
-
-def _check_generate_args(
-    n: int, temperature: float, top_k: int | None, top_p: float | None, seed: int | None, beam: int | None,
-    beam_width: int | None, length_penalty: float, min_len: int, max_len: int | None, min_distance: int | None,
-    max_attempts: int | None, particles: int, greedy: bool, conditioning: str,
-) -> None:  # fmt: skip
-    """`Run.generate`'s arguments, checked: a one-line MakemoreError naming the first bad one."""
-    _positive(n, "n", allow_none=False)
-    # upper limits: a typo (an extra zero, a pasted number) should fail at once, not fill memory for minutes
-    for value, name, limit in ((n, "n", MAX_ITEMS), (beam, "beam", MAX_BEAM), (beam_width, "beam_width", MAX_BEAM),
-                               (particles, "particles", MAX_BEAM), (max_len, "max_len", MAX_ITEM_LEN)):  # fmt: skip
-        if value is not None and value > limit:
-            raise MakemoreError(f"{name} must be <= {limit:,}, got {value}")
-    if seed is not None and not 0 <= seed < 1 << 63:
-        raise MakemoreError(f"seed must be in 0..2**63-1, got {seed}")
-    if not (temperature > 0 and math.isfinite(temperature)):
-        raise MakemoreError(f"temperature must be > 0 and finite, got {temperature}")
-    _positive(top_k, "top_k")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise MakemoreError(f"top_p must be in (0, 1], got {top_p}")
-    _positive(beam, "beam")
-    _positive(beam_width, "beam_width")
-    _positive(min_distance, "min_distance")
-    _positive(max_attempts, "max_attempts")
-    _positive(particles, "particles", allow_none=False)
-    if conditioning not in CONDITIONING:
-        raise MakemoreError(f"conditioning must be one of {', '.join(CONDITIONING)}, got {conditioning!r}")
-    if particles > 1 and (greedy or beam or top_k or top_p is not None):
-        raise MakemoreError("particles (sequential Monte Carlo) works with sampling and temperature only")
-    if not (length_penalty >= 0 and math.isfinite(length_penalty)):
-        raise MakemoreError(f"length_penalty must be >= 0, got {length_penalty}")
-    if min_len < 0:
-        raise MakemoreError(f"min_len must be >= 0, got {min_len}")
-
-
-def _positive(value: float | None, name: str, allow_none: bool = True) -> None:
-    if value is None and allow_none:
-        return
-    if value is None or not value >= 1:
-        raise MakemoreError(f"{name} must be >= 1, got {value}")
 
 
 class Run:
@@ -157,6 +133,8 @@ class Run:
         top_p: float | None = None,
         greedy: bool = False,
         seed: int | None = None,
+        best: int | None = None,
+        max_expansions: int = MAX_EXPANSIONS,
         beam: int | None = None,
         beam_width: int | None = None,
         length_penalty: float = 0.0,
@@ -177,12 +155,15 @@ class Run:
         logprobs: bool = True,
         conditioning: str = "auto",
     ) -> SampleResult:
-        """Generate items as dicts. With `beam`, the `beam` most probable items (n is ignored); else n samples.
+        """Generate items as dicts: n samples; or with `best`, exactly the `best` most probable items (best-first
+        search, at most `max_expansions` prefixes expanded, else a MakemoreError); or with `beam`, `beam` probable
+        items by beam search (approximate: it may miss some of the most probable). n is ignored by both searches.
 
         Items are never empty unless min_len=0 (data items never are).
         Each dict: item, logprob (under the model conditioned per step on the constraints), unconstrained_logprob,
         char_logprobs ([char, log-prob] pairs, the model's, "<end>" last), status (new / in-train / in-val-test),
-        and, with `nearest`, the nearest training item and its edit distance; beam items also carry `score`.
+        and, with `nearest`, the nearest item of any split (train, val or test) and its edit distance; beam items
+        also carry `score`.
         `logprobs=False` skips the log-probabilities (nan; a little faster) unless resampling needs them.
         Constraints are exact (see constraints.py); filters (only_new, unique, exclude, min_distance) draw more
         candidates until n pass or `max_attempts` candidates (default max(1000, 100 n)) were drawn.
@@ -200,14 +181,17 @@ class Run:
         given the prefix.
         """
         if self.spec.data.get("mode") == "stream":
-            raise MakemoreError(f"{self.path} is a stream-mode run: it continues text (makemore sample --prompt)")
-        _check_generate_args(
+            raise MakemoreError(f"{self.path} is a stream-mode run: it continues text (Run.continue_text)")
+        check_generate_args(
             n, temperature, top_k, top_p, seed, beam, beam_width, length_penalty, min_len, max_len, min_distance,
             max_attempts, particles, greedy, conditioning,
         )  # fmt: skip
-        requested = beam if beam is not None else n
+        check_search_args(best, beam, beam_width, length_penalty, max_expansions, particles)
+        max_len = self.default_max_len if max_len is None else max_len
+        check_prefix_fits(prefix, max_len)
+        requested = best if best is not None else beam if beam is not None else n
         spec = ConstraintSpec(
-            max_len=self.default_max_len if max_len is None else max_len,
+            max_len=max_len,
             prefix=prefix,
             suffix=suffix,
             contains=tuple(contains),
@@ -222,6 +206,8 @@ class Run:
         exclude = set(exclude)
         reject = self._rejecter(only_new, exclude, min_distance)
 
+        if best is not None:
+            return self._best(best, max_expansions, constraint, reject, nearest)
         if beam is not None:
             return self._beam(beam, beam_width or beam, length_penalty, constraint, spec, reject, nearest)
 
@@ -308,6 +294,25 @@ class Run:
             note = f"{note}; {mixed}" if note else mixed
         return SampleResult(self._describe(accepted, nearest), n, drawn, dict(rejected), note)
 
+    def _best(
+        self,
+        k: int,
+        max_expansions: int,
+        constraint: Constraint,
+        reject: Callable[[list[str]], list[str | None]],
+        nearest: bool,
+    ) -> SampleResult:
+        """Exactly the k most probable items that satisfy the constraint and pass the filters (best-first search)."""
+
+        def accept(ids: list[int]) -> bool:
+            return not reject([self.vocab.decode(ids)])[0]
+
+        found = best_first_search(self.model, k, constraint, accept=accept, max_expansions=max_expansions)
+        note = None
+        if len(found) < k:
+            note = f"found {len(found)} of {k} items: no other item meets the constraints and filters"
+        return SampleResult(self._describe(found, nearest), k, drawn=len(found), note=note)
+
     def _beam(
         self,
         beam: int,
@@ -318,7 +323,7 @@ class Run:
         reject: Callable[[list[str]], list[str | None]],
         nearest: bool,
     ) -> SampleResult:
-        """The `beam` most probable items that satisfy the constraint and pass the filters (beam search)."""
+        """`beam` probable items that satisfy the constraint and pass the filters (beam search: approximate)."""
         if width < beam:
             raise MakemoreError(f"beam_width ({width}) must be at least beam ({beam})")
         found = beam_search(
@@ -334,7 +339,7 @@ class Run:
         if len(items) < beam:
             note = (
                 f"beam search found {len(items)} items that satisfy {', '.join(spec.flags())}"
-                f" with beam width {width}; a wider beam (beam_width) may find more"
+                f" with beam width {width}; a wider beam (beam_width) or best-first search (best) may find more"
             )
         return SampleResult(items, beam, drawn=len(items), note=note)
 
@@ -357,7 +362,7 @@ class Run:
                 found = self.novelty.nearest([texts[i] for i in open_rows], max_distance=min_distance - 1)
                 for i, (_, distance) in zip(open_rows, found):
                     if distance < min_distance:
-                        reasons[i] = f"within edit distance {min_distance - 1} of a training item"
+                        reasons[i] = f"within edit distance {min_distance - 1} of a data item"
             return reasons
 
         return reject
@@ -390,18 +395,70 @@ class Run:
         result = self.generate(n, prefix=prefix, temperature=temperature, nearest=details, logprobs=details, **options)
         return result.items if details else [item["item"] for item in result.items]
 
+    def best(self, k: int = 10, **options: Any) -> list[dict[str, Any]]:
+        """Exactly the k most probable items (dicts with their log-probs), most probable first (best-first search).
+        Options as in `generate`."""
+        return self.generate(best=k, **options).items
+
     def beam(self, k: int = 10, **options: Any) -> list[dict[str, Any]]:
-        """The k most probable items (dicts with their log-probs), best first. Options as in `generate`."""
+        """k probable items (dicts with their log-probs), best first, by beam search: faster than `best` but
+        approximate (a narrow beam may miss some of the most probable items). Options as in `generate`."""
         return self.generate(beam=k, **options).items
 
-    def score(self, items: list[str], sort: bool = False, batch_size: int = 512) -> list[dict[str, Any]]:
-        """For each string: item, logprob (nats), nll_per_token, char_logprobs. `sort`: most plausible first."""
-        results = score_items(self.model, self.vocab, list(items), batch_size)
+    def score(self, items: str | Iterable[str], sort: bool = False, batch_size: int = 512) -> list[dict[str, Any]]:
+        """For each string: item, logprob (nats), nll_per_token, char_logprobs. `sort`: most plausible first.
+        A bare string is one item (a list of one result), not a list of characters."""
+        items = [items] if isinstance(items, str) else list(items)
+        results = score_items(self.model, self.vocab, items, batch_size)
         if sort:
             results.sort(key=lambda r: r["nll_per_token"])
         return results
+
+    def evaluate(
+        self, split: str = "all", input_path: str | None = None, batch_size: int = 1024, stride: int | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """NLL (nats/token), bits/char, perplexity and token count per split: train, val, test or all (the splits
+        that have items; a stream-mode run's held-out ones), or of the file `input_path`. Stream-mode runs add how
+        each character got its context, and take `stride` (see `makemore eval --stride`). An empty split raises."""
+        return evaluate_run(self.path, self.spec, self.model, split, input_path, batch_size, stride)
+
+    # ------------------------------------------------------------------------------------------ stream-mode runs
+    def iter_text(
+        self,
+        prompt: str = "",
+        length: int = 500,
+        *,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        greedy: bool = False,
+        seed: int | None = None,
+    ) -> Iterator[str]:
+        """A stream-mode run's continuation of `prompt` (empty: the start of a line), one character at a time."""
+        if self.spec.data.get("mode") != "stream":
+            raise MakemoreError(f"{self.path} is a line-mode run: it generates items (Run.generate, Run.sample)")
+        check_generate_args(
+            1, temperature, top_k, top_p, seed, None, None, 0.0, 1, None, None, None, 1, greedy, "auto"
+        )  # fmt: skip
+        if not 1 <= length <= MAX_STREAM_LENGTH:
+            raise MakemoreError(f"length must be between 1 and {MAX_STREAM_LENGTH:,}, got {length}")
+        self.vocab.check(prompt, "prompt")
+        options = DecodeOptions(temperature, top_k, top_p, greedy)
+        return stream_text(self.model, self.vocab, prompt, length, options, seed)
+
+    def continue_text(self, prompt: str = "", length: int = 500, **options: Any) -> str:
+        """`prompt` followed by `length` characters drawn by a stream-mode run. Options as in `iter_text`."""
+        return prompt + "".join(self.iter_text(prompt, length, **options))
+
+    def __repr__(self) -> str:
+        mode = self.spec.data.get("mode", "line")
+        parameters = self.model.parameter_count()
+        return f"Run({str(self.path)!r}, model={self.model_name}, parameters={parameters:,}, mode={mode})"
 
 
 def load(run: str | Path, device: str = "cpu") -> Run:
     """Load a run directory for sampling and scoring (`device`: cpu, cuda, mps or auto)."""
     return Run.load(run, device)
+
+
+__all__ = ["Run", "SampleResult", "describe_run", "load", "mix_runs", "train"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import re
 import types
 import typing
 from typing import Any, TypeVar
@@ -68,10 +69,8 @@ def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: ty
     defaults = defaults if defaults is not None else cls()
     for f in dataclasses.fields(cls):
         kind, optional = _field_types(cls)[f.name]
-        default = getattr(defaults, f.name)
         names = f.metadata.get("names") or {}
-        shown = next((word for word, value in names.items() if value == default), default)
-        help_text = f"{f.metadata.get('help', '')} (default: {shown})"
+        help_text = f"{f.metadata.get('help', '')} (default: {_shown_default(getattr(defaults, f.name), names)})"
         if kind is bool:
             parser.add_argument(
                 flag_name(f.name),
@@ -81,15 +80,28 @@ def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: ty
                 help=help_text,
             )
         else:
+            choices = f.metadata.get("choices")
             parser.add_argument(
                 flag_name(f.name),
                 dest=f.name,
                 type=_parse_scalar(kind, optional, f.name, names),
-                choices=f.metadata.get("choices"),
+                choices=choices,
                 default=argparse.SUPPRESS,
                 help=help_text,
-                metavar=kind.__name__.upper(),
+                metavar=_metavar(kind, choices, names),
             )
+
+
+def _shown_default(default: Any, names: dict[str, Any]) -> Any:
+    return next((word for word, value in names.items() if value == default), default)
+
+
+def _metavar(kind: type, choices: tuple | None, names: dict[str, Any]) -> str:
+    """What --help shows after a flag: its choices when it has them ({adamw,sgd}), else its type, with any special
+    words (INT|auto)."""
+    if choices:
+        return "{" + ",".join(str(choice) for choice in choices) + "}"
+    return "|".join([kind.__name__.upper(), *names])
 
 
 def from_namespace(cls: type[T], namespace: argparse.Namespace, base: T | None = None) -> T:
@@ -100,11 +112,23 @@ def from_namespace(cls: type[T], namespace: argparse.Namespace, base: T | None =
 
 
 def replace(config: T, **changes: Any) -> T:
-    """`dataclasses.replace` that turns a failed `__post_init__` check into a MakemoreError."""
+    """`dataclasses.replace` that turns a failed `__post_init__` check into a MakemoreError naming flags."""
+    known = {f.name for f in dataclasses.fields(config)}
+    unknown = sorted(set(changes) - known)
+    if unknown:
+        raise MakemoreError(f"unknown setting(s) {', '.join(flag_name(name) for name in unknown)}")
     try:
         return dataclasses.replace(config, **changes)
     except (TypeError, ValueError) as error:
-        raise MakemoreError(str(error)) from None
+        raise MakemoreError(flag_words(str(error), type(config))) from None
+
+
+def flag_words(message: str, cls: type) -> str:
+    """A config check's message with the fields of `cls` named as the flags a user types: 'n_embd must be >= 1' ->
+    '--n-embd must be >= 1'. Words already written as flags (--n-embd, add-k) are left alone."""
+    names = sorted((f.name for f in dataclasses.fields(cls)), key=len, reverse=True)
+    pattern = re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, names)) + r")(?![\w-])")
+    return pattern.sub(lambda match: flag_name(match.group(1)), message)
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -3,6 +3,7 @@ that turns every user error into one line on stderr and exit status 2. Only the 
 
 from __future__ import annotations
 
+import difflib
 import signal
 import sys
 from collections.abc import Callable
@@ -12,6 +13,8 @@ from makemore.cli import plot as plot_cli
 from makemore.cli.common import EXIT_USAGE, exit_on_signals, quiet_broken_pipe
 from makemore.cli.datasets import cmd_datasets
 from makemore.cli.generate import cmd_eval, cmd_sample, cmd_score
+from makemore.cli.info import cmd_info
+from makemore.cli.lr_find import cmd_lr_find
 from makemore.cli.train import cmd_train
 from makemore.errors import MakemoreError
 from makemore.models import MODELS
@@ -21,9 +24,10 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "sample": (cmd_sample, "generate new items from a run"),
     "eval": (cmd_eval, "NLL / bits per char / perplexity on train, val, test or a file"),
     "score": (cmd_score, "log-probability of given strings"),
+    "info": (cmd_info, "describe a run: model, size, steps, best val loss, data provenance"),
     "datasets": (cmd_datasets, "list the built-in datasets"),
     "plot": (plot_cli.cmd_plot, "pictures: loss curves, bigram heatmap, embeddings, activations, attention"),
-    "lr-find": (plot_cli.cmd_lr_find, "learning-rate range test: loss against lr, and a suggested lr"),
+    "lr-find": (cmd_lr_find, "learning-rate range test: loss against lr, and a suggested lr"),
     "export-embeddings": (plot_cli.cmd_export_embeddings, "write a run's character embeddings as CSV or .npy"),
     "mix": (mix_cli.cmd_mix, "interpolate trained runs, weights fitted on val (a new run)"),
 }
@@ -48,8 +52,16 @@ def run(argv: list[str]) -> int:
         return 0
     command = COMMANDS.get(argv[0])
     if command is None:
-        raise MakemoreError(f"unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)}")
+        raise MakemoreError(unknown_command(argv[0]))
     return command[0](argv[1:])
+
+
+def unknown_command(name: str) -> str:
+    """The error for a command that does not exist, with the nearest one when it looks like a typo."""
+    close = difflib.get_close_matches(name, COMMANDS, n=1)
+    if close:
+        return f"unknown command {name!r}; did you mean {close[0]!r}?"
+    return f"unknown command {name!r}; choose from {', '.join(COMMANDS)}"
 
 
 def main(argv: list[str] | None = None) -> None:

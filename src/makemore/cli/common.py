@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -21,10 +23,24 @@ EXIT_USAGE = 2
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (no usage dump) and exit status 2."""
+    """argparse, but a usage error is one line (no usage dump) and exit status 2, with a "did you mean" for a
+    misspelt flag or choice."""
 
     def error(self, message: str):
-        raise MakemoreError(f"{self.prog}: {message}")
+        raise MakemoreError(f"{self.prog}: {message}{self.suggestion(message)}")
+
+    def suggestion(self, message: str) -> str:
+        """'; did you mean --max-steps?' when the bad word of argparse's message is close to a real one."""
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
+        if choice:
+            word, known = choice.group(1), [c.strip("'\" ") for c in choice.group(2).split(",")]
+        else:
+            flags = re.search(r"unrecognized arguments: (--[\w-]+)", message)
+            if not flags:
+                return ""
+            word, known = flags.group(1).split("=")[0], set(re.findall(r"--[\w-]+", self.format_help()))
+        close = difflib.get_close_matches(word, known, n=1)
+        return f"; did you mean {close[0]}?" if close else ""
 
 
 class StopFlag:
@@ -82,26 +98,63 @@ def quiet_broken_pipe() -> int:
     return 128 + signal.SIGPIPE
 
 
-def progress_printer(total: int, initial: int = 0) -> Callable[[dict], None]:
+def progress_printer(total: int, initial: int = 0, stream: Any = None) -> Callable[[dict], None]:
+    """The trainer's events drawn as progress on `stream` (stderr): a tqdm bar on a terminal; elsewhere (a log
+    file, a pipe) one plain line per log event, no carriage returns. The callable has `close()`."""
+    stream = sys.stderr if stream is None else stream
+    isatty = getattr(stream, "isatty", None)
+    if isatty is not None and isatty():
+        return _progress_bar(total, initial, stream)
+    return _progress_lines(total, stream)
+
+
+def _progress_bar(total: int, initial: int, stream: Any) -> Callable[[dict], None]:
     from tqdm import tqdm
 
-    bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr, leave=True)
+    bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=stream, leave=True)
     shown: dict[str, str] = {}
 
     def on_event(event: dict) -> None:
+        if event.get("max_steps") and event["max_steps"] != bar.total:  # a time budget became a step count
+            bar.total = event["max_steps"]
         if event["event"] == "train":
             bar.update(event["step"] - bar.n)
             shown.update(loss=f"{event['train_loss']:.4f}", tok_s=f"{event['tokens_per_s']:.0f}")
         elif event["event"] == "eval":
             shown.update(val=f"{event['val_loss']:.4f}")
         elif event["event"] == "warning":
-            bar.write(f"makemore: warning: {event['message']}", file=sys.stderr)
+            bar.write(f"makemore: warning: {event['message']}", file=stream)
+            return
+        else:
             return
         bar.set_postfix(shown, refresh=True)
-        if event.get("step", 0) >= total:
+        if event.get("step", 0) >= bar.total:
             bar.close()
 
     on_event.close = bar.close  # type: ignore[attr-defined]
+    return on_event
+
+
+def _progress_lines(total: int, stream: Any) -> Callable[[dict], None]:
+    """One line per event, e.g. "train | 500/5000 [12.3s] loss 2.1234, 12,345 tok/s"."""
+    limit = [total]
+
+    def on_event(event: dict) -> None:
+        limit[0] = event.get("max_steps") or limit[0]
+        kind = event["event"]
+        if kind == "warning":
+            line = f"makemore: warning: {event['message']}"
+        elif kind in ("train", "eval"):
+            where = f"{kind} | {event['step']}/{limit[0]} [{event.get('elapsed', 0.0):.1f}s]"
+            if kind == "train":
+                line = f"{where} loss {event['train_loss']:.4f}, {event['tokens_per_s']:,.0f} tok/s"
+            else:
+                line = f"{where} val {event['val_loss']:.4f} (best {event['best_val_loss']:.4f})"
+        else:
+            return
+        print(line, file=stream, flush=True)
+
+    on_event.close = lambda: None  # type: ignore[attr-defined]
     return on_event
 
 

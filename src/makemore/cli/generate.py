@@ -5,83 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from makemore.cli.common import Parser, emit, format_items, load_run_for_use
-from makemore.data.lines import (
-    LineSplit,
-    Vocab,
-    parse_items,
-    read_text,
-)
-from makemore.data.stream import (
-    generate_stream,
-    open_stream_corpus,
-    read_corpus,
-    stream_splits,
-)
+from makemore.cli.common import Parser, emit, format_items
+from makemore.data.lines import Vocab, read_text
 from makemore.errors import MakemoreError
-from makemore.generation.sample import DecodeOptions, filter_logits
+from makemore.generation.search import MAX_EXPANSIONS
+from makemore.generation.stream import stream_text as stream_text  # cli/train imports it from here
 from makemore.runs import checkpoint as ckpt
-from makemore.training.trainer import evaluate
-
-
-def stream_text(
-    model: Any, vocab: Vocab, prompt: str, length: int, options: DecodeOptions, seed: int | None
-) -> Iterator[str]:
-    """Characters continuing `prompt` (empty: a new line, or the start of the text), one at a time."""
-    generator = torch.Generator(device=model.device)
-    generator.manual_seed(seed) if seed is not None else generator.seed()
-
-    def pick(logits: torch.Tensor) -> torch.Tensor:
-        if options.greedy:
-            return logits.argmax(-1)
-        probs = torch.softmax(filter_logits(logits, options), dim=-1)
-        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-
-    start = vocab.encode(prompt) if prompt else [vocab.stoi[c] for c in "\n" if c in vocab.stoi]
-    for token in generate_stream(model, start, length, pick):
-        yield vocab.chars[token - 1]
-
-
-def sample_stream(args: argparse.Namespace, spec: ckpt.RunSpec, model: Any) -> int:
-    """`makemore sample` for a stream-mode run: --prompt, then --length characters printed as they are drawn."""
-    if args.prefix or args.only_new or getattr(args, "beam", None):
-        raise MakemoreError("--prefix, --only-new and --beam are for line-mode runs; a stream run takes --prompt TEXT")
-    if args.length < 1:
-        raise MakemoreError(f"--length must be >= 1, got {args.length}")
-    spec.vocab.check(args.prompt, "--prompt")
-    options = DecodeOptions(args.temperature, args.top_k, args.top_p, args.greedy)
-    sys.stdout.write(args.prompt)
-    for char in stream_text(model, spec.vocab, args.prompt, args.length, options, args.seed):
-        sys.stdout.write(char)
-        sys.stdout.flush()
-    sys.stdout.write("\n")
-    return 0
-
-
-def eval_stream(args: argparse.Namespace, spec: ckpt.RunSpec, model: Any) -> tuple[dict[str, dict], str]:
-    """`makemore eval` for a stream-mode run: the held-out splits (or --input) with as much context as the model
-    allows; returns the results and how the context was given."""
-    where = str(Path(args.run) / ckpt.RUN_FILE)
-    if args.input:
-        corpus = read_corpus(args.input, vocab=spec.vocab)
-        data = dict(spec.data, offsets={"train": [1, 1], "val": [1, 1], Path(args.input).name: [1, corpus.n_chars + 1]})
-        names = [Path(args.input).name]
-    else:
-        corpus, data = open_stream_corpus(spec.data, spec.vocab, where), spec.data
-        names = ["val", "test", "dev"] if args.split == "all" else [args.split]
-    splits = stream_splits(corpus, data, model, stride=args.stride, where=where)
-    results = {
-        name: evaluate(model, splits[name].eval_batches(args.batch_size))
-        for name in names
-        if name in splits and len(splits[name])
-    }
-    return results, splits["val"].plan.describe()
 
 
 def max_item_len(spec: ckpt.RunSpec, splits: dict[str, list[str]] | None = None) -> int:
@@ -134,8 +68,27 @@ def build_sample_parser() -> Parser:
     decoding.add_argument("--top-k", type=int, help="sample only among the k most likely characters")
     decoding.add_argument("--top-p", type=float, help="nucleus sampling: smallest set with probability >= p")
     decoding.add_argument("--greedy", action="store_true", help="always take the most likely character")
-    decoding.add_argument("--beam", type=int, metavar="K", help="beam search: the K most probable items, best first")
-    decoding.add_argument("--beam-width", type=int, metavar="W", help="hypotheses kept per step (default: K)")
+    decoding.add_argument(
+        "--best",
+        type=int,
+        metavar="K",
+        help="exactly the K most probable items that meet the constraints and filters, most probable first "
+        "(best-first search)",
+    )
+    decoding.add_argument(
+        "--max-expansions",
+        type=int,
+        metavar="N",
+        help=f"--best: give up (with an error) after expanding N prefixes (default: {MAX_EXPANSIONS:,})",
+    )
+    decoding.add_argument(
+        "--beam",
+        type=int,
+        metavar="K",
+        help="beam search: K probable items, best first; faster than --best but approximate (it may miss some of "
+        "the K most probable)",
+    )
+    decoding.add_argument("--beam-width", type=int, metavar="W", help="beam: hypotheses kept per step (default: K)")
     decoding.add_argument(
         "--length-penalty",
         type=float,
@@ -174,7 +127,9 @@ def build_sample_parser() -> Parser:
     filters.add_argument("--only-new", action="store_true", help="keep only items in none of the data splits")
     filters.add_argument("--unique", action="store_true", help="no item twice")
     filters.add_argument("--exclude-file", metavar="FILE", help="drop items listed in FILE (one per line)")
-    filters.add_argument("--min-distance", type=int, metavar="D", help="edit distance >= D to every training item")
+    filters.add_argument(
+        "--min-distance", type=int, metavar="D", help="edit distance >= D to every item of the data (all splits)"
+    )
     filters.add_argument(
         "--max-attempts", type=int, metavar="N", help="candidates to draw at most (default: max(1000, 100 n))"
     )
@@ -183,7 +138,8 @@ def build_sample_parser() -> Parser:
         "--format",
         default="plain",
         choices=("plain", "text", "jsonl"),
-        help="plain: items only; text: with log-prob and new/in-train/in-val-test; jsonl: everything (default: plain)",
+        help="plain: items only; text: with log-prob and new/in-train/in-val-test; jsonl: everything, with the "
+        "nearest item of any split (train, val, test) and its edit distance (default: plain)",
     )
     output.add_argument("-o", "--out", metavar="FILE", help="write the items to FILE (atomically) instead of stdout")
     stream = parser.add_argument_group("stream-mode runs")
@@ -201,6 +157,12 @@ LINE_ONLY_SAMPLE_FLAGS = (
     "exclude_file",
     "min_distance",
     "beam_width",
+    "best",
+    "max_expansions",
+    "beam",
+    "prefix",
+    "only_new",
+    "max_len",
 )
 
 
@@ -208,13 +170,35 @@ def read_exclude_file(path: str) -> set[str]:
     return {line.strip() for line in read_text(path).splitlines() if line.strip()}
 
 
-def cmd_sample(argv: list[str]) -> int:
-    from makemore.api import Run
+def check_search_flags(args: argparse.Namespace) -> None:
+    """--best (exact) and --beam (approximate) find the most probable items: sampling flags do not apply."""
+    if args.best is not None and args.beam is not None:
+        raise MakemoreError("give --best K (exact) or --beam K (approximate), not both")
+    k, flag = (args.best, "--best") if args.best is not None else (args.beam, "--beam")
+    if k is not None:
+        sampling = [
+            name
+            for name, used in (
+                ("--temperature", args.temperature != 1.0),
+                ("--top-k", args.top_k is not None),
+                ("--top-p", args.top_p is not None),
+                ("--greedy", args.greedy),
+                ("--particles", args.particles != 1),
+                ("-n", args.num is not None and args.num != k),
+            )
+            if used
+        ]
+        if sampling:
+            raise MakemoreError(f"{flag} K returns the K most probable items; it takes no {', '.join(sampling)}")
+    if args.beam is None and (args.beam_width is not None or args.length_penalty):
+        raise MakemoreError("--beam-width and --length-penalty need --beam K")
+    if args.best is None and args.max_expansions is not None:
+        raise MakemoreError("--max-expansions needs --best K")
 
-    args = build_sample_parser().parse_args(argv)
+
+def check_sample_flags(args: argparse.Namespace) -> None:
     if not 1 <= args.threads <= 1024:
         raise MakemoreError("--threads must be between 1 and 1024")
-    torch.set_num_threads(args.threads)
     if args.num is not None and args.num < 1:
         raise MakemoreError("-n must be >= 1")
     if not args.temperature > 0 or args.temperature > 1e6:
@@ -223,30 +207,43 @@ def cmd_sample(argv: list[str]) -> int:
         raise MakemoreError("--top-k must be >= 1")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise MakemoreError("--top-p must be in (0, 1]")
-    if args.beam is not None:
-        sampling = [
-            flag
-            for flag, used in (
-                ("--temperature", args.temperature != 1.0),
-                ("--top-k", args.top_k is not None),
-                ("--top-p", args.top_p is not None),
-                ("--greedy", args.greedy),
-                ("-n", args.num is not None and args.num != args.beam),
-            )
-            if used
-        ]
-        if sampling:
-            raise MakemoreError(f"--beam K returns the K most probable items; it takes no {', '.join(sampling)}")
-    elif args.beam_width is not None or args.length_penalty:
-        raise MakemoreError("--beam-width and --length-penalty need --beam K")
+    if args.max_len is not None and len(args.prefix) > args.max_len:
+        raise MakemoreError(
+            f"--prefix is {len(args.prefix)} characters, longer than --max-len {args.max_len}: no item could match"
+        )
+    check_search_flags(args)
+
+
+def sample_stream(args: argparse.Namespace, run: Any) -> int:
+    """`makemore sample` for a stream-mode run: --prompt, then --length characters printed as they are drawn."""
+    used = [f"--{name.replace('_', '-')}" for name in LINE_ONLY_SAMPLE_FLAGS if getattr(args, name)]
+    used += [flag for flag, value in (("--particles", args.particles), ("--min-len", args.min_len)) if value != 1]
+    if used:
+        raise MakemoreError(f"{', '.join(used)}: for line-mode runs; a stream run takes --prompt and --length")
+    if args.length < 1:
+        raise MakemoreError(f"--length must be >= 1, got {args.length}")
+    run.vocab.check(args.prompt, "--prompt")
+    chars = run.iter_text(
+        args.prompt, args.length, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        greedy=args.greedy, seed=args.seed,
+    )  # fmt: skip
+    sys.stdout.write(args.prompt)
+    for char in chars:
+        sys.stdout.write(char)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_sample(argv: list[str]) -> int:
+    from makemore.api import Run
+
+    args = build_sample_parser().parse_args(argv)
+    check_sample_flags(args)
+    torch.set_num_threads(args.threads)
     run = Run.load(args.run, args.device)
     if run.spec.data.get("mode") == "stream":
-        used = [f"--{name.replace('_', '-')}" for name in LINE_ONLY_SAMPLE_FLAGS if getattr(args, name)]
-        used += [flag for flag, value in (("--particles", args.particles), ("--min-len", args.min_len)) if value != 1]
-        if used:
-            raise MakemoreError(f"{', '.join(used)}: for line-mode runs; a stream run takes --prompt and --length")
-        args.num = args.num or 20
-        return sample_stream(args, run.spec, run.model)
+        return sample_stream(args, run)
     if args.prompt:
         raise MakemoreError("--prompt is for stream-mode runs; items of a line-mode run start with --prefix")
     result = run.generate(
@@ -256,6 +253,8 @@ def cmd_sample(argv: list[str]) -> int:
         top_p=args.top_p,
         greedy=args.greedy,
         seed=args.seed,
+        best=args.best,
+        max_expansions=args.max_expansions or MAX_EXPANSIONS,
         beam=args.beam,
         beam_width=args.beam_width,
         length_penalty=args.length_penalty,
@@ -282,61 +281,61 @@ def cmd_sample(argv: list[str]) -> int:
     return 0 if result.items else 1
 
 
-def cmd_eval(argv: list[str]) -> int:
+def build_eval_parser() -> Parser:
     parser = Parser(prog="makemore eval", description="NLL (nats/token), bits/char and perplexity of a run.")
-    parser.add_argument("run")
-    parser.add_argument("--split", default="all", choices=("train", "val", "test", "all"))
+    parser.add_argument("run", help="run directory")
+    parser.add_argument(
+        "--split",
+        default="all",
+        choices=("train", "val", "test", "all"),
+        help="which of the run's splits (default: all: every split that has items; stream-mode runs: val and test)",
+    )
     parser.add_argument("-i", "--input", help="evaluate on this file instead of the run's splits")
-    parser.add_argument("--format", default="text", choices=("text", "json"))
-    parser.add_argument("--batch-size", type=int, default=1024)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--format", default="text", choices=("text", "json"), help="text: a line per split; json: one object"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=1024, help="items (or windows) per forward pass (default: 1024)"
+    )
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default: cpu)")
     parser.add_argument(
         "--stride",
         type=int,
         help="stream-mode runs of windowed models: score this many new chars per window (default: the largest "
-        "stride that gives every char the model's full context, at least half the window); --split all is val+test",
+        "stride that gives every char the model's full context, at least half the window)",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def format_eval(results: dict[str, dict[str, Any]], fmt: str) -> str:
+    if fmt == "json":
+        rounded = {
+            name: {
+                **{key: round(r[key], 6) for key in ("nll", "bpc", "ppl")},
+                "tokens": r["tokens"],
+                **({"context": r["context"]} if "context" in r else {}),
+            }
+            for name, r in results.items()
+        }
+        return json.dumps(rounded) + "\n"
+    lines = [
+        f"{name:>6}: nll {r['nll']:.4f} nats/token  {r['bpc']:.4f} bits/char  "
+        f"perplexity {r['ppl']:.3f}  ({r['tokens']} tokens)\n"
+        for name, r in results.items()
+    ]
+    context = next((r["context"] for r in results.values() if "context" in r), None)
+    return "".join(lines) + (f"context: {context}\n" if context else "")
+
+
+def cmd_eval(argv: list[str]) -> int:
+    from makemore.api import Run
+
+    args = build_eval_parser().parse_args(argv)
     if args.batch_size < 1:
         raise MakemoreError("--batch-size must be >= 1")
-    spec, model = load_run_for_use(args.run, args.device)
-    # stream-mode runs: one text, every char predicted once; `context` says how it got its context
-    results, context = eval_stream(args, spec, model) if spec.data.get("mode") == "stream" else ({}, None)
-    if context is not None:
-        sources = {}
-    elif args.input:
-        sources = {Path(args.input).name: parse_items(read_text(args.input), args.input, 1 << 20)}
-    else:
-        names = ("train", "val", "test") if args.split == "all" else (args.split,)
-        sources = {name: ckpt.read_split_items(args.run, name) for name in names}
-    for name, items in sources.items():
-        if items:
-            for item in items:
-                spec.vocab.check(item, f"{name}: item")
-            results[name] = evaluate(model, LineSplit(items, spec.vocab).eval_batches(args.batch_size))
-    if args.format == "json":
-        print(
-            json.dumps(
-                {
-                    name: {
-                        "nll": round(r["nll"], 6),
-                        "bpc": round(r["bpc"], 6),
-                        "ppl": round(r["ppl"], 6),
-                        "tokens": r["tokens"],
-                        **({"context": context} if context else {}),
-                    }
-                    for name, r in results.items()
-                }
-            )
-        )
-    else:
-        for name, r in results.items():
-            print(
-                f"{name:>6}: nll {r['nll']:.4f} nats/token  {r['bpc']:.4f} bits/char  "
-                f"perplexity {r['ppl']:.3f}  ({r['tokens']} tokens)"
-            )
-        if context:
-            print(f"context: {context}")
+    run = Run.load(args.run, args.device)
+    results = run.evaluate(args.split, args.input, args.batch_size, args.stride)
+    sys.stdout.write(format_eval(results, args.format))
     return 0
 
 

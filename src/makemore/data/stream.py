@@ -492,36 +492,6 @@ def unflatten_state(tensors: dict[str, torch.Tensor], prefix: str) -> Any:
     return tuple(items) if kind == "t" else items
 
 
-# ------------------------------------------------------------------------------------------------------ generation
-
-
-@torch.inference_mode()
-def generate_stream(
-    model: LanguageModel,
-    prompt: list[int],
-    length: int,
-    choose: Callable[[torch.Tensor], torch.Tensor],
-) -> Iterator[int]:
-    """Continue `prompt` (token ids; empty: the start of the text) by `length` tokens, yielding each as it is drawn.
-
-    `choose` maps next-token logits (1, V) to a token (1,) (temperature / top-k / top-p / greedy). The boundary
-    token is never drawn: in a stream it only marks the start of the text. Each step costs what model.step costs:
-    constant per character for models with a bounded context or a recurrent state.
-    """
-    model.eval()
-    device = model.device
-    state = model.init_state(1)
-    logits = None
-    for token in prompt or [BOUNDARY]:
-        logits, state = model.step(torch.tensor([token], device=device), state)
-    for _ in range(length):
-        logits = logits.float().clone()  # (1, V)
-        logits[:, BOUNDARY] = float("-inf")
-        token = choose(logits)  # (1,)
-        yield int(token)
-        logits, state = model.step(token.to(device), state)
-
-
 # ------------------------------------------------------------------------------------------------------------- runs
 
 

@@ -1,15 +1,15 @@
-"""Is a generated item new? Exact membership in the data splits, and the nearest training item by edit distance.
+"""Is a generated item new? Exact membership in the data splits, and the nearest data item by edit distance.
 
-Membership is a set lookup. The nearest training item (Levenshtein distance: insertions, deletions, substitutions)
-is found in three exact stages:
+Membership is a set lookup. The nearest item of any split (train, val, test; Levenshtein distance: insertions,
+deletions, substitutions) is found in three exact stages:
 
 - distance 0: the set;
 - distance 1: a deletion-neighbourhood index (as in SymSpell): two strings are within one edit only if they share
-  a "variant" (the string itself or it with one character deleted), so the hashes of every training item's
+  a "variant" (the string itself or it with one character deleted), so the hashes of every data item's
   variants are kept in one sorted array and candidates are confirmed with a bounded Levenshtein distance;
 - farther: `rapidfuzz` (C++, bit-parallel) with two cuts that keep the scan exact:
 
-- the training items are bucketed by length, and |len(a) - len(b)| <= distance(a, b), so for a query of length L
+- the data items are bucketed by length, and |len(a) - len(b)| <= distance(a, b), so for a query of length L
   only the buckets L, L +- 1, L +- 2, ... up to the best distance found so far are searched;
 - each bucket is scored against a whole group of queries of the same length at once (`rapidfuzz.process.cdist`,
   all CPU cores), with a score cutoff that lets the bounded distance stop early.
@@ -32,9 +32,11 @@ class NoveltyIndex:
         self.train_list = sorted(set(train))
         self.train = set(self.train_list)
         self.held_out = set(held_out) - self.train
+        self.everything = self.train | self.held_out
+        self.all_list = sorted(self.everything)  # `nearest` searches every split: "new" means new to all of them
         self.workers = workers
         self.buckets: dict[int, list[str]] = {}
-        for item in self.train_list:
+        for item in self.all_list:
             self.buckets.setdefault(len(item), []).append(item)
         self._variants: tuple[np.ndarray, np.ndarray] | None = None  # built on first use
 
@@ -43,12 +45,12 @@ class NoveltyIndex:
         return [hash(text)] + [hash(text[:i] + text[i + 1 :]) for i in range(len(text))]
 
     def _within_one(self, items: list[str]) -> dict[str, str]:
-        """For items not in the training set: a training item one edit away, where there is one."""
+        """For items in no split: a data item one edit away, where there is one."""
         from rapidfuzz.distance import Levenshtein
 
         if self._variants is None:
             hashes, owners = [], []
-            for index, item in enumerate(self.train_list):
+            for index, item in enumerate(self.all_list):
                 variants = self._variant_hashes(item)
                 hashes += variants
                 owners += [index] * len(variants)
@@ -62,7 +64,7 @@ class NoveltyIndex:
             lo, hi = np.searchsorted(keys, query, "left"), np.searchsorted(keys, query, "right")
             for start, stop in zip(lo.tolist(), hi.tolist()):
                 for owner in owners[start:stop].tolist():
-                    candidate = self.train_list[owner]
+                    candidate = self.all_list[owner]
                     if Levenshtein.distance(item, candidate, score_cutoff=1) <= 1:
                         found[item] = candidate
                         break
@@ -77,21 +79,21 @@ class NoveltyIndex:
         return "in-val-test" if item in self.held_out else "new"
 
     def nearest(self, items: list[str], max_distance: int | None = None) -> list[tuple[str | None, int]]:
-        """For each item: (nearest training item, its edit distance).
+        """For each item: (nearest item of any split (train, val or test), its edit distance).
 
         With `max_distance`, only distances <= max_distance are searched: items farther than that from every
-        training item get (None, max_distance + 1). That is all a --min-distance filter needs, and much faster.
-        Without training items every answer is (None, max_distance + 1 or a very large number).
+        data item get (None, max_distance + 1). That is all a --min-distance filter needs, and much faster.
+        Without data items every answer is (None, max_distance + 1 or a very large number).
         """
         cap = UNBOUNDED if max_distance is None else max_distance + 1
         results: dict[str, tuple[str | None, int]] = {}
         pending: dict[int, list[str]] = {}
         for item in set(items):
-            if item in self.train:
+            if item in self.everything:
                 results[item] = (item, 0)
             else:
                 pending.setdefault(len(item), []).append(item)
-        if cap > 1 and self.train_list:
+        if cap > 1 and self.all_list:
             near = self._within_one([item for group in pending.values() for item in group])
             for item, match in near.items():
                 results[item] = (match, 1)

@@ -1,4 +1,6 @@
-"""One decoder for every model: batched sampling, greedy, beam search, and exact constraints by logit masking.
+"""One decoder for every model: batched sampling and greedy decoding, with exact constraints by logit masking.
+
+Search for the most probable items (exact best-first search, and beam search) lives in search.py.
 
 It sees models only through `init_state` / `step` / `reorder_state`, so each model's own incremental state (a
 rolling context window, recurrent state, a KV cache) does the work and no step recomputes the prefix:
@@ -25,7 +27,6 @@ top-k/top-p: `logprob` under the model conditioned step by step on the constrain
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +34,9 @@ import numpy as np
 import torch
 
 from makemore.data.lines import BOUNDARY
+from makemore.generation.common import Generated, prime
 from makemore.generation.constraints import Constraint, length_constraint
+from makemore.generation.search import beam_search as beam_search  # older imports take it from here
 from makemore.models import LanguageModel
 
 SMALL_BATCH = 8  # decodes of at most this many rows on the CPU take `_decode_small`
@@ -47,17 +50,6 @@ class DecodeOptions:
     top_k: int | None = None
     top_p: float | None = None
     greedy: bool = False
-
-
-@dataclass
-class Generated:
-    """One item: token ids (prefix included, no boundary) and its log-probabilities (nats, temperature 1)."""
-
-    ids: list[int]
-    logprob: float  # under the model conditioned per step on the constraints (the sampler's distribution at T=1)
-    model_logprob: float  # under the model alone: prefix, characters and the end token
-    token_logprobs: list[float]  # the model's log-prob of each character and of the end (len(ids) + 1 values)
-    score: float | None = None  # beam search: the (length-normalised) score it was ranked by
 
 
 def filter_logits(logits: torch.Tensor, options: DecodeOptions) -> torch.Tensor:
@@ -90,24 +82,6 @@ def choose(logits: torch.Tensor, options: DecodeOptions, noise: torch.Tensor | N
     return (filter_logits(logits, options) + noise).argmax(-1)
 
 
-def _prime(model: LanguageModel, n: int, prefix: list[int], device: torch.device, expand: bool = True):
-    """Feed the boundary and the prefix once (one row), then copy the state to n rows (unless not `expand`).
-
-    Returns the next-token logits (n, V), the state, and the model's log-prob of each prefix character.
-    """
-    state = model.init_state(1)
-    prefix_logprobs: list[float] = []
-    logits = None
-    for token in [BOUNDARY] + prefix:
-        if logits is not None:
-            prefix_logprobs.append(float(torch.log_softmax(logits.double(), dim=-1)[0, token]))
-        logits, state = model.step(torch.full((1,), token, dtype=torch.long, device=device), state)
-    if n == 1 or not expand:
-        return logits.expand(n, -1), state, prefix_logprobs
-    rows = torch.zeros(n, dtype=torch.long, device=device)
-    return logits.expand(n, -1), model.reorder_state(state, rows), prefix_logprobs
-
-
 def _mask(logits: torch.Tensor, constraint: Constraint, states: torch.Tensor, t: int) -> torch.Tensor:
     """Constraint mask on logits (B, V) of rows in DFA `states` whose items have t characters."""
     if constraint.trivial and constraint.min_len <= t < constraint.max_len:
@@ -136,7 +110,7 @@ def decode(
     if n <= SMALL_BATCH and device.type == "cpu":
         return _decode_small(model, n, constraint, options, generator, details)
     prefix = constraint.prefix_ids
-    logits, state, prefix_logprobs = _prime(model, n, prefix, device, expand=False)
+    logits, state, prefix_logprobs = prime(model, n, prefix, device, expand=False)
     parent = torch.zeros(n, dtype=torch.long, device=device)  # the state row of each batch row, while shared
     V = logits.size(-1)
     steps = constraint.max_len - len(prefix) + 1  # the last step can only emit the end token
@@ -215,21 +189,13 @@ def _decode_small(
     """`decode` for a few rows on the CPU: the same items from the same random numbers, with the per-step
     bookkeeping in NumPy, since at this size a step costs its number of calls, not their arithmetic (one item at a
     time is interactive use). Rows that end ride along to the last one; the random numbers of every step are drawn
-    before the first (the same stream: torch's CPU generator fills a tensor serially). Under lengths-only
-    constraints and no top-k/top-p, a model may run the whole decode itself (`sample_rows`, e.g. compiled)."""
+    before the first (the same stream: torch's CPU generator fills a tensor serially)."""
     prefix = constraint.prefix_ids
-    logits, state, prefix_logprobs = _prime(model, n, prefix, torch.device("cpu"))
+    logits, state, prefix_logprobs = prime(model, n, prefix, torch.device("cpu"))
     V = logits.size(-1)
     steps = constraint.max_len - len(prefix) + 1
     noise = None if options.greedy else gumbel(torch.rand(steps, n, V, generator=generator)).numpy()  # (steps, n, V)
-    result = None
-    if constraint.trivial and options.top_k is None and options.top_p is None:
-        result = model.sample_rows(
-            state, logits.contiguous().numpy(), np.zeros((0, n, V), np.float32) if noise is None else noise, steps,
-            len(prefix), constraint.min_len, constraint.max_len, float(options.temperature), options.greedy,
-        )  # fmt: skip
-    if result is None:
-        result = _small_steps(model, n, constraint, options, logits, state, noise, steps, details)
+    result = _small_steps(model, n, constraint, options, logits, state, noise, steps, details)
     tokens, model_lp, masked_lp = (torch.from_numpy(a) for a in result)
     return _collect(prefix, tokens, model_lp, masked_lp, prefix_logprobs, details)
 
@@ -305,7 +271,7 @@ def decode_smc(
     constraint = constraint.to(device)
     prefix = constraint.prefix_ids
     M, N = particles, n * particles
-    logits, state, prefix_logprobs = _prime(model, N, prefix, device)
+    logits, state, prefix_logprobs = prime(model, N, prefix, device)
     V = logits.size(-1)
     steps = constraint.max_len - len(prefix) + 1
     tokens = torch.zeros(N, steps, dtype=torch.long, device=device)  # per particle; a row's end is its first 0
@@ -421,82 +387,6 @@ def generate_recompute(
         ids = row[len(prefix) :]
         out.append(prefix + ids[: ids.index(BOUNDARY)] if BOUNDARY in ids else prefix + ids)
     return out
-
-
-@torch.inference_mode()
-def beam_search(
-    model: LanguageModel,
-    k: int,
-    constraint: Constraint,
-    width: int | None = None,
-    length_penalty: float = 0.0,
-    accept: Callable[[list[int]], bool] | None = None,
-) -> list[Generated]:
-    """The k most probable complete items under the model that satisfy `constraint` (and `accept`), best first.
-
-    Beam search as in D2L 11.8: keep the `width` (default k) most probable unfinished items at each step; an item
-    that ends is a candidate, ranked by log P / L**length_penalty (L = tokens predicted: characters + end; 0 ranks
-    by probability alone). It stops when no unfinished item can beat the k-th best finished one (log P only falls as
-    an item grows), so with a width at least the number of live prefixes it is exact: it returns the same items as
-    scoring every string up to max_len. Rejected items (`accept` returns False) do not count towards k.
-    """
-    width = max(width or k, 1)
-    model.eval()
-    device = model.device
-    constraint = constraint.to(device)
-    prefix = constraint.prefix_ids
-    logits, state, prefix_logprobs = _prime(model, 1, prefix, device)
-    # per beam: model log P so far (prefix included), log P under the masked model, per-token log-probs, tokens
-    scores = torch.full((1,), math.fsum(prefix_logprobs), dtype=torch.float64, device=device)
-    masked_scores = torch.zeros(1, dtype=torch.float64, device=device)
-    per_token = torch.zeros(1, 0, dtype=torch.float64, device=device)  # (B, t)
-    seqs = torch.zeros(1, 0, dtype=torch.long, device=device)  # (B, t) the tokens after the prefix
-    states = constraint.initial_states(1)
-    finished: list[Generated] = []
-    steps = constraint.max_len - len(prefix) + 1
-    longest = constraint.max_len + 1  # most tokens an item can predict: bounds the length-normalised score
-    for j in range(steps):
-        t = len(prefix) + j
-        allowed = constraint.allowed(states, t)  # (B, V)
-        logp = torch.log_softmax(logits.double(), -1)
-        masked_logp = torch.log_softmax(logp.masked_fill(~allowed, float("-inf")), -1)
-        total = (scores[:, None] + logp).masked_fill(~allowed, float("-inf"))  # (B, V)
-        # Items that end here.
-        for row in torch.isfinite(total[:, BOUNDARY]).nonzero(as_tuple=True)[0].tolist():
-            ids = prefix + seqs[row].tolist()
-            if accept is not None and not accept(ids):
-                continue
-            value = float(total[row, BOUNDARY])
-            finished.append(
-                Generated(
-                    ids,
-                    float(masked_scores[row] + masked_logp[row, BOUNDARY]),
-                    value,
-                    prefix_logprobs + per_token[row].tolist() + [float(logp[row, BOUNDARY])],
-                    value / (len(ids) + 1) ** length_penalty,
-                )
-            )
-        finished.sort(key=lambda g: -g.score)
-        del finished[k:]
-        # Items that go on: the `width` best (beam, character) pairs.
-        total[:, BOUNDARY] = float("-inf")
-        flat = total.flatten()
-        n_live = int(torch.isfinite(flat).sum())
-        if n_live == 0 or j == steps - 1:
-            break
-        best_values, best = flat.topk(min(width, n_live))
-        bound = float(best_values[0]) / longest**length_penalty  # the best any of them could still score
-        if len(finished) == k and finished[-1].score >= bound:
-            break
-        parents, chars = best // total.size(1), best % total.size(1)
-        scores = best_values
-        masked_scores = masked_scores[parents] + masked_logp[parents, chars]
-        per_token = torch.cat([per_token[parents], logp[parents, chars][:, None]], dim=1)
-        seqs = torch.cat([seqs[parents], chars[:, None]], dim=1)
-        states = constraint.advance(states[parents], chars)
-        state = model.reorder_state(state, parents)
-        logits, state = model.step(chars, state)
-    return finished
 
 
 @torch.inference_mode()

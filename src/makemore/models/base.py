@@ -185,15 +185,6 @@ class LanguageModel(nn.Module):
         Only attention models implement it."""
         raise NotImplementedError(f"{type(self).__name__} has no attention")
 
-    def sample_rows(
-        self, state: Any, logits: Any, noise: Any, steps: int, chars: int, min_len: int, max_len: int,
-        temperature: float, greedy: bool,
-    ) -> Any:  # fmt: skip
-        """Optional: a whole decode of a few rows under lengths-only constraints in one call, with exactly the
-        choices of `sample._decode_small` (same noise, same float32 arithmetic). Returns (tokens, model log-probs,
-        masked log-probs) as arrays (n, steps), or None to let the sampler step the model itself (the default)."""
-        return None
-
     @property
     def device(self) -> torch.device:
         # called by every decoding call: the first parameter (or buffer) is found once, its device read each time

@@ -26,13 +26,16 @@ class MLPConfig:
     dropout: float = field(0.3, "dropout on the hidden layers")
 
     def __post_init__(self):
-        check(self.block_size >= 1, f"block_size must be >= 1, got {self.block_size}")
-        check(min(self.n_embd, self.n_hidden, self.n_layer) >= 1, "n_embd, n_hidden and n_layer must be >= 1")
-        check(0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")
+        check(self.block_size >= 1, f"--block-size must be >= 1, got {self.block_size}")
+        check(self.n_embd >= 1, f"--n-embd must be >= 1, got {self.n_embd}")
+        check(self.n_hidden >= 1, f"--n-hidden must be >= 1, got {self.n_hidden}")
+        check(self.n_layer >= 1, f"--n-layer must be >= 1, got {self.n_layer}")
+        check(0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}")
         # upper limits, so a typo or a crafted run.json fails here instead of exhausting memory
-        check(self.block_size <= 4096, f"block_size must be <= 4096, got {self.block_size}")
-        check(max(self.n_embd, self.n_hidden) <= 65536, "n_embd and n_hidden must be <= 65536")
-        check(self.n_layer <= 256, f"n_layer must be <= 256, got {self.n_layer}")
+        check(self.block_size <= 4096, f"--block-size must be <= 4096, got {self.block_size}")
+        check(self.n_embd <= 65536, f"--n-embd must be <= 65536, got {self.n_embd}")
+        check(self.n_hidden <= 65536, f"--n-hidden must be <= 65536, got {self.n_hidden}")
+        check(self.n_layer <= 256, f"--n-layer must be <= 256, got {self.n_layer}")
 
 
 class MLP(LanguageModel):

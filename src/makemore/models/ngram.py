@@ -65,9 +65,9 @@ class NGramConfig:
     max_order: int = field(12, "--order auto: the largest order tried")
 
     def __post_init__(self):
-        check(0 <= self.order <= MAX_ORDER, f"order must be auto (0) or in 1..{MAX_ORDER}, got {self.order}")
-        check(1 <= self.max_order <= MAX_ORDER, f"max_order must be in 1..{MAX_ORDER}, got {self.max_order}")
-        check(self.k > 0, f"k must be > 0 so unseen characters keep a non-zero probability, got {self.k}")
+        check(0 <= self.order <= MAX_ORDER, f"--order must be auto (0) or in 1..{MAX_ORDER}, got {self.order}")
+        check(1 <= self.max_order <= MAX_ORDER, f"--max-order must be in 1..{MAX_ORDER}, got {self.max_order}")
+        check(self.k > 0, f"--k must be > 0 so unseen characters keep a non-zero probability, got {self.k}")
 
 
 def context_windows(idx: torch.Tensor, length: int) -> torch.Tensor:

@@ -31,11 +31,14 @@ class RecurrentConfig:
     dropout: float = field(0.25, "dropout on the embeddings, between layers and before the output layer")
 
     def __post_init__(self):
-        check(min(self.n_embd, self.n_hidden, self.n_layer) >= 1, "n_embd, n_hidden and n_layer must be >= 1")
-        check(0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")
+        check(self.n_embd >= 1, f"--n-embd must be >= 1, got {self.n_embd}")
+        check(self.n_hidden >= 1, f"--n-hidden must be >= 1, got {self.n_hidden}")
+        check(self.n_layer >= 1, f"--n-layer must be >= 1, got {self.n_layer}")
+        check(0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}")
         # upper limits, so a typo or a crafted run.json fails here instead of exhausting memory
-        check(max(self.n_embd, self.n_hidden) <= 65536, "n_embd and n_hidden must be <= 65536")
-        check(self.n_layer <= 256, f"n_layer must be <= 256, got {self.n_layer}")
+        check(self.n_embd <= 65536, f"--n-embd must be <= 65536, got {self.n_embd}")
+        check(self.n_hidden <= 65536, f"--n-hidden must be <= 65536, got {self.n_hidden}")
+        check(self.n_layer <= 256, f"--n-layer must be <= 256, got {self.n_layer}")
 
 
 @dataclass

@@ -40,10 +40,11 @@ class WaveNetConfig:
     dropout: float = field(0.1, "dropout after each level")
 
     def __post_init__(self):
-        check(1 <= self.n_layer <= 12, f"n_layer must be in 1..12, got {self.n_layer}")
-        check(min(self.n_embd, self.n_hidden) >= 1, "n_embd and n_hidden must be >= 1")
-        check(max(self.n_embd, self.n_hidden) <= 65536, "n_embd and n_hidden must be <= 65536")  # typos, crafted runs
-        check(0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}")
+        check(1 <= self.n_layer <= 12, f"--n-layer must be in 1..12, got {self.n_layer}")
+        # upper limits, so a typo or a crafted run.json fails here instead of exhausting memory
+        check(1 <= self.n_embd <= 65536, f"--n-embd must be in 1..65536, got {self.n_embd}")
+        check(1 <= self.n_hidden <= 65536, f"--n-hidden must be in 1..65536, got {self.n_hidden}")
+        check(0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}")
 
 
 def batch_norm(norm: nn.BatchNorm1d, h: torch.Tensor, real: torch.Tensor | None) -> torch.Tensor:

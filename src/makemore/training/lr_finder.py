@@ -22,11 +22,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 from makemore import config as config_mod
-from makemore.data.lines import LineSplit
+from makemore.data.lines import LineSplit, Vocab
 from makemore.errors import MakemoreError
-from makemore.models import LanguageModel
+from makemore.models import LanguageModel, build_model
+from makemore.training.launch_data import DataOptions, load_splits
+from makemore.training.launch_settings import fresh_configs, torch_threads, trainable_model_name
 from makemore.training.trainer import TrainConfig, Trainer
 
 SAFETY_FACTOR = 2.0  # the suggestion is the lr at the smoothed minimum divided by this
@@ -133,3 +136,64 @@ def find_lr(
         steps=steps,
         stopped=stopped,
     )
+
+
+def run_lr_find(
+    model_name: str,
+    model_config: Any,
+    vocab: Vocab,
+    train: LineSplit | Any,
+    train_config: TrainConfig,
+    min_lr: float = 1e-5,
+    max_lr: float = 10.0,
+    steps: int = 300,
+) -> LRFindResult:
+    """Build a fresh model (seeded as training would) and sweep on the `train` split (line or stream), on
+    `train_config.threads` CPU threads as training would use."""
+    with torch_threads(train_config.threads):
+        torch.manual_seed(train_config.seed)
+        try:
+            model = build_model(model_name, model_config, vocab.size)
+        except ValueError as error:
+            raise MakemoreError(f"--model {model_name}: {error}") from None
+        if not model.trainable:
+            raise MakemoreError(f"--model {model_name} is fitted in closed form: it has no learning rate to find")
+        return find_lr(model, train, train_config, min_lr=min_lr, max_lr=max_lr, steps=steps)
+
+
+def describe(result: LRFindResult) -> str:
+    """The sweep in one line: its range, where the smoothed loss was lowest, and the suggestion."""
+    ending = "stopped at divergence" if result.stopped == "diverged" else "no divergence"
+    lowest = int(np.argmin(result.smoothed))
+    return (
+        f"lr-find: {len(result.lrs)} steps from {result.min_lr:.1e} to {result.lrs[-1]:.1e} ({ending}); "
+        f"lowest smoothed loss {min(result.smoothed):.3f} at lr {result.lrs[lowest]:.1e}; "
+        f"suggested lr {result.suggestion:.2e} (half the lr of the lowest smoothed loss)"
+    )
+
+
+def rounded_suggestion(result: LRFindResult) -> float:
+    """The suggestion to three significant digits: what `train --lr auto` trains with."""
+    return float(f"{result.suggestion:.3g}")
+
+
+def sweep_file(
+    input: str,
+    model: str,
+    split: str = "0.8,0.1,0.1",
+    max_item_len: int = 256,
+    min_lr: float = 1e-5,
+    max_lr: float = 10.0,
+    steps: int = 300,
+    **settings: Any,
+) -> tuple[LRFindResult, dict[str, Any]]:
+    """`makemore lr-find`: the range test on the train split of a line-mode file, with training and model settings
+    by name (checked as `makemore.train` checks them). Returns the sweep and the data's provenance."""
+    model = trainable_model_name(model)
+    train_config, model_config, _ = fresh_configs(model, None, settings)
+    options = DataOptions(input=input, split=split, max_item_len=max_item_len)
+    options.check()
+    splits, info = load_splits(options, train_config.seed, need_val=False)
+    vocab = Vocab.from_texts([item for items in splits.values() for item in items])
+    train = LineSplit(splits["train"], vocab)
+    return run_lr_find(model, model_config, vocab, train, train_config, min_lr, max_lr, steps), info

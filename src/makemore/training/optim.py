@@ -1,107 +1,107 @@
-"""AdamW over flat buffers: each parameter group's weights, gradients and moments are one tensor each.
+"""The optimizer (PyTorch's own AdamW or SGD), gradient clipping, and the exponential moving average of the weights.
 
-At makemore's sizes a model is ~50 small tensors, and the optimizer step, gradient clipping and zeroing pay per
-tensor: measured on the 2-core CI machine for the 4-layer, 64-wide Transformer, PyTorch's fused AdamW step took
-~1.6 ms, clipping ~0.5 ms, of a ~21 ms training step. Here the parameters become views into one buffer per group
-(and their gradients views into another, which backward accumulates into in place), so a step is one fused
-kernel call per group, and clipping one norm over two tensors (`flat_params`).
-
-The update is PyTorch's own fused AdamW kernel (`torch._fused_adamw_`), so the numbers are those of
-`torch.optim.AdamW(fused=True)`; only a parameter that gets no gradient at all differs (PyTorch skips it, here it
-has a zero gradient: its moments decay and weight decay applies). State dicts have the per-parameter layout of
-`torch.optim.AdamW`, so checkpoints move between the two.
+Only public PyTorch: `torch.optim.AdamW(fused=True)` (one fused kernel call per step where this PyTorch has one,
+its multi-tensor `foreach` path otherwise), over flat buffers where the trainer can (`flat_adamw`), and
+`torch.nn.utils.clip_grad_norm_(foreach=True)`.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 
-FlatLayout = list[tuple[torch.nn.Parameter, list[torch.Tensor]]]  # (flat buffer, the parameters it holds in order)
+from makemore.models import LanguageModel
+from makemore.training.config import TrainConfig
+from makemore.training.flat_adamw import FlatAdamW, FlatLayout, views
+
+BETAS = (0.9, 0.99)
 
 
-def views(buffer: torch.Tensor, params: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(parameter, the consecutive slice of `buffer` shaped like it), in order."""
-    offset = 0
-    for p in params:
-        yield p, buffer[offset : offset + p.numel()].view_as(p)
-        offset += p.numel()
+def parameter_groups(model: LanguageModel, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on matrices and embeddings only: decaying biases and norm gains only hurts (nanoGPT)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in trainable if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in trainable if p.dim() < 2], "weight_decay": 0.0},
+    ]
 
 
-class FlatAdamW(torch.optim.AdamW):
-    """`torch.optim.AdamW(fused=True)` whose parameters (given in groups of one dtype and device) are moved into
-    flat buffers at construction: the model's parameters stay the same objects, their storage is now shared."""
+def build_optimizer(model: LanguageModel, config: TrainConfig, flat: bool = False) -> torch.optim.Optimizer:
+    """SGD or AdamW as configured; `flat`: AdamW over flat buffers (`flat_adamw.FlatAdamW`, which takes over the
+    parameters' storage), for single-process eager training without a gradient scaler."""
+    groups = parameter_groups(model, config.weight_decay)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+    if flat:
+        try:
+            return FlatAdamW(groups, lr=config.lr, betas=BETAS)
+        except (RuntimeError, TypeError, ValueError):  # no fused CPU kernel in this PyTorch, or mixed tensors
+            pass
+    for options in ({"fused": True}, {"foreach": True}):  # fastest first; older PyTorch lacks a CPU fused kernel
+        try:
+            return torch.optim.AdamW(groups, lr=config.lr, betas=BETAS, **options)
+        except (RuntimeError, TypeError, ValueError):
+            pass
+    return torch.optim.AdamW(groups, lr=config.lr, betas=BETAS)
 
-    def __init__(self, groups: Iterable[dict[str, Any]], lr: float, betas: tuple[float, float]):
-        super().__init__(groups, lr=lr, betas=betas, fused=True)
-        self._step_supports_amp_scaling = False  # GradScaler unscales first, then steps (see Trainer.train_step)
-        self.flat_params: list[torch.nn.Parameter] = []  # one per group: .data the weights, .grad the gradients
-        self.moments: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (exp_avg, exp_avg_sq, step)
-        for group in self.param_groups:
-            self._flatten(group["params"])
 
-    def _flatten(self, params: list[torch.nn.Parameter]) -> None:
-        first = params[0] if params else torch.empty(0)
-        if any(p.dtype != first.dtype or p.device != first.device or p.is_sparse for p in params):
-            raise ValueError("a flat parameter group needs dense tensors of one dtype and device")
-        total = sum(p.numel() for p in params)
-        flat = torch.nn.Parameter(torch.empty(total, dtype=first.dtype, device=first.device))
-        flat.grad = torch.zeros_like(flat)
-        exp_avg, exp_avg_sq = torch.zeros_like(flat), torch.zeros_like(flat)
-        step = torch.zeros((), dtype=torch.float32, device=first.device)  # as AdamW(fused=True) keeps it
-        with torch.no_grad():
-            for (p, weights), (_, grad), (_, m), (_, v) in zip(
-                views(flat.data, params), views(flat.grad, params), views(exp_avg, params), views(exp_avg_sq, params)
-            ):
-                weights.copy_(p)
-                p.data, p.grad = weights, grad
-                self.state[p] = {"step": step, "exp_avg": m, "exp_avg_sq": v}
-        self.flat_params.append(flat)
-        self.moments.append((exp_avg, exp_avg_sq, step))
+def clip_gradients(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """Clip the total gradient norm to `max_norm` (inf: only measure it); returns the norm before clipping."""
+    try:
+        return torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+    except RuntimeError:  # no foreach kernels for this device
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
 
-    def layout(self) -> FlatLayout:
-        """(flat buffer, the parameters it holds in order) per group."""
-        return [(flat, list(group["params"])) for flat, group in zip(self.flat_params, self.param_groups)]
+
+class WeightAverage:
+    """An exponential moving average of the parameters (Polyak averaging; e.g. Izmailov et al. 2018 on why an
+    average of the weights along the last stretch of training generalises better than its end point). Training
+    updates the weights themselves; evaluation, the best checkpoint and so sampling see the average. The decay
+    ramps up as (1 + step) / (10 + step) so early averages do not remember the random initialisation."""
+
+    def __init__(self, model: LanguageModel, decay: float, layout: FlatLayout | None = None):
+        """`layout`: the flat buffers holding the model's parameters as views (`FlatAdamW.layout()`); the average
+        then lives in buffers of the same layout, and an update is one operation per buffer."""
+        self.decay = decay
+        self.params = list(model.parameters())  # tied weights appear once
+        if layout is not None and sorted(id(p) for _, ps in layout for p in ps) != sorted(map(id, self.params)):
+            layout = None  # (some parameters are not in the buffers: average them one by one)
+        self.weights = [p.detach() for p in self.params] if layout is None else [b.detach() for b, _ in layout]
+        self.averaged = [w.clone() for w in self.weights]  # what is averaged: per parameter, or per buffer
+        self.average = self.averaged  # per parameter, in model order: the state dict's layout
+        if layout is not None:
+            view_of = {id(p): v for average, (_, ps) in zip(self.averaged, layout) for p, v in views(average, ps)}
+            self.average = [view_of[id(p)] for p in self.params]
 
     @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group, flat, (exp_avg, exp_avg_sq, step) in zip(self.param_groups, self.flat_params, self.moments):
-            if flat.numel() == 0:
-                continue
-            beta1, beta2 = group["betas"]
-            step += 1
-            torch._fused_adamw_(
-                [flat.data], [flat.grad], [exp_avg], [exp_avg_sq], [], [step],
-                lr=float(group["lr"]), beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
-                eps=group["eps"], amsgrad=False, maximize=False,
-            )  # fmt: skip
-        return loss
+    def update(self, step: int) -> None:
+        weight = 1 - min(self.decay, (1 + step) / (10 + step))
+        for averaged, current in zip(self.averaged, self.weights):
+            averaged.lerp_(current, weight)
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        """Zero the flat gradients (never None: backward must add into the views, not replace them)."""
-        for group, flat in zip(self.param_groups, self.flat_params):
-            flat.grad.zero_()
-            for p, grad in views(flat.grad, group["params"]):  # a replaced .grad gets its view back
-                if p.grad is None or p.grad.data_ptr() != grad.data_ptr():
-                    p.grad = grad
+    @contextlib.contextmanager
+    def applied(self) -> Iterator[None]:
+        """The average in the model's parameters for the duration, the trained weights back after."""
+        trained = [w.clone() for w in self.weights]
+        self._copy_into_weights(self.averaged)
+        try:
+            yield
+        finally:
+            self._copy_into_weights(trained)
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load an AdamW state (per parameter, from either class) into the flat moments."""
-        super().load_state_dict(state_dict)  # replaces self.state with copies
-        for group, (exp_avg, exp_avg_sq, step) in zip(self.param_groups, self.moments):
-            steps = [self.state[p]["step"] for p in group["params"] if "step" in self.state.get(p, {})]
-            # one count per group: AdamW's per-parameter counts agree unless some parameter lacked a gradient
-            step.fill_(float(max(steps)) if steps else 0.0)
-            params = group["params"]
-            for (p, m), (_, v) in zip(views(exp_avg, params), views(exp_avg_sq, params)):
-                loaded = self.state.get(p, {})
-                with torch.no_grad():
-                    for key, view in (("exp_avg", m), ("exp_avg_sq", v)):
-                        view.copy_(loaded[key]) if key in loaded else view.zero_()
-                self.state[p] = {"step": step, "exp_avg": m, "exp_avg_sq": v}
+    @torch.no_grad()
+    def _copy_into_weights(self, values: Iterable[torch.Tensor]) -> None:
+        for weight, value in zip(self.weights, values):
+            weight.copy_(value)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {str(i): t for i, t in enumerate(self.average)}
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
+        if len(tensors) != len(self.average):
+            raise ValueError(f"{len(tensors)} averaged tensors for {len(self.average)} parameters")
+        for i, t in enumerate(self.average):
+            t.copy_(tensors[str(i)])

@@ -18,7 +18,6 @@ import torch
 from makemore.data.lines import IGNORE
 from makemore.models import LanguageModel
 from makemore.models.base import dropout_generator
-from makemore.training.optim import FlatLayout
 
 
 def shard_seed(seed: int, step: int, shard: int) -> int:
@@ -27,15 +26,13 @@ def shard_seed(seed: int, step: int, shard: int) -> int:
 
 
 class RowSplitter:
-    def __init__(self, model: LanguageModel, seed: int, flat: FlatLayout | None = None):
-        """`flat`: (buffer, its parameters in order) where the optimizer keeps the parameters and gradients in flat
-        buffers (`optim.FlatAdamW.layout()`): the shards' gradients are then summed as one tensor per buffer."""
+    """Computes a batch's gradient as `parts` shards of rows on as many threads; the same numbers on every run for a
+    given (seed, step, parts): each shard's dropout has its own seeded stream, and the sum runs in shard order."""
+
+    def __init__(self, model: LanguageModel, seed: int):
         self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.seed = seed
-        self.flat = flat
-        if flat is not None and sorted(id(p) for _, ps in flat for p in ps) != sorted(id(p) for p in self.params):
-            raise ValueError("the flat buffers must hold exactly the trainable parameters")
         self.pool: ThreadPoolExecutor | None = None
         self.pool_size = 0
 
@@ -100,34 +97,20 @@ class RowSplitter:
         loss = results[0][0]
         for part, _ in results[1:]:
             loss = loss + part
-        if self.flat is not None:
-            self._sum_into_buffers([grads for _, grads in results])
-            return loss
-        grads = list(results[0][1])
-        for _, more in results[1:]:  # in shard order: the sum is the same on every run
-            both = [i for i, (g, h) in enumerate(zip(grads, more)) if g is not None and h is not None]
-            # out of place: autograd may hand the same tensor to two parameters, or keep a reference to it
-            sums = torch._foreach_add([grads[i] for i in both], [more[i] for i in both])
-            grads = [h if g is None else g for g, h in zip(grads, more)]
-            for i, total in zip(both, sums):
-                grads[i] = total
-        for param, grad in zip(self.params, grads):
-            if param.grad is None:
-                param.grad = grad
-            elif grad is None:
-                param.grad.zero_()
-            else:  # in place: the optimizer may keep the gradients in one buffer (optim.FlatAdamW)
-                param.grad.copy_(grad)
+        self._set_gradients([grads for _, grads in results])
         return loss
 
-    def _sum_into_buffers(self, shard_grads: list[tuple[torch.Tensor | None, ...]]) -> None:
-        """Each buffer's gradient = the shards' gradients summed in shard order (as the per-parameter sum does)."""
-        position = {id(p): i for i, p in enumerate(self.params)}
-        for buffer, params in self.flat or []:
-            for shard, grads in enumerate(shard_grads):
-                parts = [grads[position[id(p)]] for p in params]
-                flat = [torch.zeros_like(p) if g is None else g for g, p in zip(parts, params)]
-                if shard == 0:
-                    torch.cat([g.reshape(-1) for g in flat], out=buffer.grad)
-                else:
-                    buffer.grad.add_(torch.cat([g.reshape(-1) for g in flat]))
+    def _set_gradients(self, shard_grads: list[tuple[torch.Tensor | None, ...]]) -> None:
+        """Every parameter's .grad = its shards' gradients summed in shard order (the same sum on every run)."""
+        for index, param in enumerate(self.params):
+            parts = [grads[index] for grads in shard_grads if grads[index] is not None]
+            if not parts:
+                param.grad = None if param.grad is None else param.grad.zero_()
+                continue
+            total = parts[0]
+            for part in parts[1:]:  # out of place: autograd may hand one tensor to two parameters
+                total = total + part
+            if param.grad is not None:  # in place: the optimizer may keep the gradients in one buffer (FlatAdamW)
+                param.grad.copy_(total)
+            else:  # a lone part is copied: clipping scales every .grad in place
+                param.grad = total if len(parts) > 1 else total.clone()
