@@ -1,9 +1,9 @@
 """makemore: character-level language models, from counting to attention. Train on a text file, make more of it.
 
-    import makemore
-    makemore.train(input="names.txt", model="gru", out="runs/names-gru")   # what `makemore train` does
-    run = makemore.load("runs/names-gru")                                  # a trained run
-    run.sample(n=5, prefix="ja")
+import makemore
+makemore.train(input="names.txt", model="gru", out="runs/names-gru")   # what `makemore train` does
+run = makemore.load("runs/names-gru")                                  # a trained run
+run.sample(n=5, prefix="ja")
 """
 
 from makemore.api import Run, describe_run, load, mix_runs, train
