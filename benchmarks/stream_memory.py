@@ -33,7 +33,7 @@ start = time.perf_counter()
 import torch
 torch.set_num_threads(1)
 from makemore import cli
-from makemore.data.stream import read_corpus
+from makemore.data.corpus import read_corpus
 step, path, work = sys.argv[1], sys.argv[2], sys.argv[3]
 if step == "encode":
     corpus = read_corpus(path)

@@ -3,10 +3,10 @@ import math
 import pytest
 import torch
 
+from makemore.data.batching import LengthBucketSampler
 from makemore.data.lines import (
     BOUNDARY,
     IGNORE,
-    LengthBucketSampler,
     LineSplit,
     Vocab,
     parse_fractions,

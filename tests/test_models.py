@@ -16,7 +16,8 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 from torch import nn
 
-from makemore.data.lines import BOUNDARY, IGNORE, LineSplit, PackedSampler, Vocab
+from makemore.data.batching import PackedSampler
+from makemore.data.lines import BOUNDARY, IGNORE, LineSplit, Vocab
 from makemore.models import MODELS, LanguageModel, build_model
 from makemore.runs import checkpoint as ckpt
 from makemore.training.trainer import TrainConfig, build_optimizer

@@ -7,7 +7,8 @@ import random
 import pytest
 import torch
 
-from makemore.data.lines import BOUNDARY, IGNORE, LengthBucketSampler, LineSplit, PackedSampler, Vocab, pack_rows
+from makemore.data.batching import LengthBucketSampler, PackedSampler, pack_rows
+from makemore.data.lines import BOUNDARY, IGNORE, LineSplit, Vocab
 from makemore.models import MODELS, build_model
 from makemore.training.trainer import TrainConfig, Trainer
 

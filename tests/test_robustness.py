@@ -201,7 +201,7 @@ def test_a_legacy_two_file_checkpoint_out_of_step_is_detected(capsys, trained):
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_during_training_saves_and_resumes_exactly(capsys, monkeypatch, tmp_path, names_file, signum, code):
-    from makemore.data import lines as data
+    from makemore.data import batching as data
 
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     argv = ["train", "-i", names_file, "--max-steps", 30, "--eval-every", 10, *TINY]

@@ -13,17 +13,15 @@ import torch
 from torch import nn
 
 import makemore.cli as cli
+from makemore.data.corpus import detect_mode, read_corpus, split_offsets
 from makemore.data.lines import BOUNDARY, IGNORE
 from makemore.data.stream import (
     EvalPlan,
     SequentialSampler,
     StreamSplit,
     WindowSampler,
-    detect_mode,
     flatten_state,
     plan_eval,
-    read_corpus,
-    split_offsets,
     unflatten_state,
 )
 from makemore.errors import MakemoreError

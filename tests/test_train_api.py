@@ -188,7 +188,7 @@ def test_a_failed_count_fit_leaves_nothing_and_a_retry_needs_no_force(capsys, mo
 
 
 def test_a_neural_run_failing_before_its_first_checkpoint_leaves_nothing(capsys, monkeypatch, tmp_path, names_file):
-    from makemore.data import lines
+    from makemore.data import batching
 
     calls = {"n": 0}
 
@@ -201,7 +201,7 @@ def test_a_neural_run_failing_before_its_first_checkpoint_leaves_nothing(capsys,
 
         return next_batch
 
-    for sampler in (lines.PackedSampler, lines.LengthBucketSampler):
+    for sampler in (batching.PackedSampler, batching.LengthBucketSampler):
         monkeypatch.setattr(sampler, "next", failing(sampler.next))
     run = tmp_path / "run"
     argv = ["train", "-i", names_file, "-o", run, *TINY_FLAGS, "--max-steps", 20, "--eval-every", 10]

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from makemore.data.corpus import MODES
 from makemore.data.lines import BOUNDARY
-from makemore.data.stream import MODES
 from makemore.errors import MakemoreError
 from makemore.runs import checkpoint as ckpt
 

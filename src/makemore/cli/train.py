@@ -12,8 +12,9 @@ from typing import Any
 from makemore import config as config_mod
 from makemore.cli.common import Parser, StopFlag, progress_printer
 from makemore.cli.lr_find import take_lr_auto
+from makemore.data.corpus import MODES
 from makemore.data.lines import BUILTIN_DATASETS, DEFAULT_DATASET
-from makemore.data.stream import DEFAULT_WINDOW, MODES
+from makemore.data.stream import DEFAULT_WINDOW
 from makemore.errors import MakemoreError
 from makemore.models import DEFAULT_MODEL, MODELS
 from makemore.runs import checkpoint as ckpt

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from makemore.data.corpus import open_stream_corpus, read_corpus
 from makemore.data.lines import LineSplit, parse_items, read_text
-from makemore.data.stream import open_stream_corpus, read_corpus, stream_splits
+from makemore.data.stream import stream_splits
 from makemore.errors import MakemoreError
 from makemore.models import LanguageModel
 from makemore.runs import checkpoint as ckpt

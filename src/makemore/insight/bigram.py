@@ -156,7 +156,7 @@ def data_bigram(source: str, max_item_len: int = 1 << 16, mode: str = "auto") ->
     """Pair counts of a data file or built-in dataset. A list of items (line mode) is counted item by item, framed
     by the boundary; running text (stream mode, as `train --mode auto` would decide) is one continuous text whose
     line breaks are characters, so its pairs run across lines."""
-    from makemore.data.stream import detect_mode, read_corpus
+    from makemore.data.corpus import detect_mode, read_corpus
 
     is_file = Path(source).exists() or source not in BUILTIN_DATASETS
     if mode == "auto":
@@ -191,7 +191,8 @@ def _val_split(run_dir: str | Path, model: Any, vocab: Vocab, data: dict[str, An
     if model.context_size is not None and model.context_size <= 1:
         return None  # asked directly: no data needed
     if stream:
-        from makemore.data.stream import open_stream_corpus, stream_splits
+        from makemore.data.corpus import open_stream_corpus
+        from makemore.data.stream import stream_splits
 
         where = str(Path(run_dir) / ckpt.RUN_FILE)
         return stream_splits(open_stream_corpus(data, vocab, where), data, model, where=where)["val"]

@@ -80,7 +80,7 @@ def minimize(
 ) -> torch.Tensor:
     """L-BFGS with a backtracking (Armijo) line search (Nocedal & Wright 2006, alg. 7.4) for a few dozen variables.
 
-    Here rather than torch.optim.LBFGS: constructing a torch optimizer imports torch._dynamo, which costs more CPU
+    Here rather than torch.optim.LBFGS: constructing a torch optimizer imports the dynamo compiler, which costs more CPU
     time (~2 s) than fitting the whole model.
     """
     value, grad = fun(x)

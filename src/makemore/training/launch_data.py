@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from makemore.data.corpus import MODES, Corpus, detect_mode, open_stream_corpus, read_corpus, split_offsets
 from makemore.data.lines import (
     BUILTIN_DATASETS,
     DEFAULT_DATASET,
@@ -22,16 +23,7 @@ from makemore.data.lines import (
     read_text,
     split_items,
 )
-from makemore.data.stream import (
-    DEFAULT_WINDOW,
-    MODES,
-    Corpus,
-    detect_mode,
-    open_stream_corpus,
-    read_corpus,
-    split_offsets,
-    stream_splits,
-)
+from makemore.data.stream import DEFAULT_WINDOW, stream_splits
 from makemore.errors import MakemoreError
 from makemore.models import LanguageModel
 from makemore.runs import checkpoint as ckpt

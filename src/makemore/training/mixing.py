@@ -109,7 +109,8 @@ def _line_val(members: Members, val_file: str | Path | None) -> tuple[torch.Tens
 def _stream_val(members: Members) -> tuple[torch.Tensor, dict, None]:
     """Stream-mode members of one text: their log-probs of its val stretch, which every member reads with its own
     context (Mix.member_logits_with_state) in windows of half the smallest member window."""
-    from makemore.data.stream import open_stream_corpus, stream_splits
+    from makemore.data.corpus import open_stream_corpus
+    from makemore.data.stream import stream_splits
 
     runs, specs = members.runs, members.specs
     first = specs[0].data

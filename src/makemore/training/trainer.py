@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from makemore.data.lines import IGNORE, LengthBucketSampler, LineSplit, PackedSampler
+from makemore.data.batching import LengthBucketSampler, PackedSampler
+from makemore.data.lines import IGNORE, LineSplit
 from makemore.errors import MakemoreError
 from makemore.models import LanguageModel
 from makemore.runs import checkpoint as ckpt
