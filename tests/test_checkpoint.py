@@ -81,7 +81,7 @@ def test_ema_evaluates_and_keeps_the_average_and_trains_the_weights(tmp_path, na
     items = names_file.read_text().split()
     trainer = make_trainer(tmp_path, items, max_steps=12, ema=0.9)
     trainer.train()
-    average, trained = trainer.average.average, [p.detach().clone() for p in trainer.model.parameters()]
+    average, trained = trainer.average.averaged, [p.detach().clone() for p in trainer.model.parameters()]
     assert not all(torch.equal(a, t) for a, t in zip(average, trained))  # the average lags the weights
     trainer.state.best_val = float("inf")  # the next evaluation is the best so far: it writes the weights file
     trainer.record_eval(0.0)

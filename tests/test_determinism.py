@@ -1,8 +1,9 @@
 """The same command twice gives the same numbers: weights, metrics and samples, whatever the machine is doing.
 
-Each model of the registry trains twice with its default flags (a few steps) and every number it wrote is compared
-bit for bit, timing fields aside. The test runs at the machine's full thread count (the suite itself runs at one
-thread), since what once made runs differ was an automatic choice between thread modes.
+Each model of the registry trains twice with its default flags (a few steps), and again with two threads (slow
+tests), and every number it wrote is compared bit for bit, timing fields aside. What once made runs differ: an
+automatic choice between thread modes by timing, a schedule that followed the clock, and an op whose backward
+accumulated with atomics on several threads.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ TIMING_FIELDS = {"elapsed", "tokens_per_s"}
 TRAINED = sorted(name for name, spec in MODELS.items() if not spec.made_by)
 
 
-def train(tmp_path: Path, names_file: Path, out: str, model: str) -> Path:
+def train(tmp_path: Path, names_file: Path, out: str, model: str, flags: list[str]) -> Path:
     run = tmp_path / out
-    argv = ["train", "-i", str(names_file), "--model", model, "-o", str(run), "--seed", "3", "--samples", "5"]
+    argv = ["train", "-i", str(names_file), "--model", model, "-o", str(run), "--seed", "3", "--samples", "5", *flags]
     if model != "ngram":
         argv += ["--max-steps", "30", "--eval-every", "15", "--log-every", "5"]
     with pytest.raises(SystemExit) as exit_info:
@@ -42,13 +43,16 @@ def numbers(run: Path) -> tuple[list[dict], dict[str, torch.Tensor], str]:
     return metrics, weights, (run / "samples.txt").read_text()
 
 
+@pytest.mark.parametrize(
+    "flags", [[], pytest.param(["--threads", "2"], marks=pytest.mark.slow)], ids=["default-flags", "two-threads"]
+)
 @pytest.mark.parametrize("model", TRAINED)
-def test_the_same_command_twice_gives_identical_numbers(tmp_path, names_file, model, capsys):
+def test_the_same_command_twice_gives_identical_numbers(tmp_path, names_file, model, flags, capsys):
     threads = torch.get_num_threads()
-    torch.set_num_threads(os.cpu_count() or 1)  # what a user's run gets
+    torch.set_num_threads(os.cpu_count() or 1)  # the suite runs at one thread; a run must set its own
     try:
-        first = numbers(train(tmp_path, names_file, "a", model))
-        second = numbers(train(tmp_path, names_file, "b", model))
+        first = numbers(train(tmp_path, names_file, "a", model, flags))
+        second = numbers(train(tmp_path, names_file, "b", model, flags))
     finally:
         torch.set_num_threads(threads)
     assert first[0] == second[0]  # metrics, timing aside
@@ -58,6 +62,7 @@ def test_the_same_command_twice_gives_identical_numbers(tmp_path, names_file, mo
     assert first[2] == second[2]  # samples drawn at the end
 
 
+@pytest.mark.slow
 def test_two_processes_with_default_flags_agree(tmp_path, names_file):
     """The reported case, from the outside: the Transformer with default flags in two fresh processes."""
     outputs = []

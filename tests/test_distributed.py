@@ -54,6 +54,7 @@ def curve(records: list[dict]) -> list[tuple[str, int, float]]:
     ]
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_match_one_process_and_resume_across_world_sizes(capsys, tmp_path, names_file):
     """One run, continued across world sizes: 2 ranks (steps 1-4) -> 1 process (5-6) -> 2 ranks (7-8).
 
@@ -96,6 +97,7 @@ def test_two_gloo_ranks_match_one_process_and_resume_across_world_sizes(capsys, 
         torch.testing.assert_close(load_file(run / "model.safetensors")[name], tensor, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_rank_0_failure_stops_every_rank(tmp_path, names_file):
     """The run directory exists (no --force): rank 0 reports it once, rank 1 stops instead of hanging."""
     (tmp_path / "taken").mkdir()

@@ -114,6 +114,7 @@ def has_c_compiler() -> bool:
     return any(shutil.which(name) for name in ("cc", "gcc", "clang", "g++", "c++"))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not has_c_compiler(), reason="torch.compile (inductor) on CPU needs a C/C++ compiler; none found")
 def test_compile_on_cpu_trains_like_eager(tmp_path, names_file):
     """The real thing: inductor generates and builds C++ kernels (tens of seconds the first time on a cold cache)."""

@@ -110,7 +110,7 @@ class RowSplitter:
             total = parts[0]
             for part in parts[1:]:  # out of place: autograd may hand one tensor to two parameters
                 total = total + part
-            if param.grad is not None:  # in place: the optimizer may keep the gradients in one buffer (FlatAdamW)
+            if param.grad is not None:
                 param.grad.copy_(total)
             else:  # a lone part is copied: clipping scales every .grad in place
                 param.grad = total if len(parts) > 1 else total.clone()

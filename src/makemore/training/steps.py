@@ -17,7 +17,6 @@ from makemore.training import distributed
 from makemore.training.config import TrainConfig
 from makemore.training.devices import autocast, first_line
 from makemore.training.diagnostics import Observer
-from makemore.training.flat_adamw import FlatAdamW
 from makemore.training.optim import clip_gradients
 from makemore.training.row_split import RowSplitter
 
@@ -94,9 +93,7 @@ class TrainStep:
         self.model, self.optimizer, self.config, self.device, self.dist = model, optimizer, config, device, dist
         self.observer, self.sampler, self.warn = observer, sampler, warn
         self.scaler = make_grad_scaler(device, config.dtype)
-        # what clipping reads: the flat gradient buffers where the optimizer keeps them (two tensors, not ~50)
-        flat = optimizer.flat_params if isinstance(optimizer, FlatAdamW) else None
-        self.params = flat or [p for p in model.parameters() if p.requires_grad]
+        self.params = [p for p in model.parameters() if p.requires_grad]  # what clipping reads
         self.eager_forward, self.train_forward = wrap_for_training(model, dist, device, config.compile, warn)
         self.splitter = self.make_splitter()
         self.skipped = False  # whether the last step's update was skipped (--skip-nonfinite)

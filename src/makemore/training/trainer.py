@@ -32,7 +32,6 @@ from makemore.training.config import TrainConfig, TrainState
 from makemore.training.devices import autocast, first_line, resolve_device
 from makemore.training.diagnostics import TENSORBOARD_HINT, Observer, grad_norm_of
 from makemore.training.evaluation import evaluate
-from makemore.training.flat_adamw import FlatAdamW
 from makemore.training.optim import WeightAverage, build_optimizer
 from makemore.training.schedule import Horizon, lr_at
 from makemore.training.steps import TrainStep, finite_norm, make_grad_scaler
@@ -92,14 +91,11 @@ class Trainer:
         self.carry_state = getattr(self.sampler, "carries_state", False) and model.carries_state
         if self.carry_state and self.dist.world_size > 1:
             raise MakemoreError("--stateful training runs in one process (its streams cannot be split across ranks)")
-        # flat buffers (one fused update for all parameters) where tried: one process, eager, no gradient scaler
-        flat = not self.dist.enabled and not config.compile and config.dtype != "fp16"
-        self.optimizer = build_optimizer(model, config, flat) if model.trainable else None
-        layout = self.optimizer.layout() if isinstance(self.optimizer, FlatAdamW) else None
+        self.optimizer = build_optimizer(model, config) if model.trainable else None
         # --diagnostics (forward hooks, only on logged steps) and --tensorboard; a no-op when both are off
         self.observer = Observer(model, self.optimizer, self.run_dir, config.diagnostics, config.tensorboard, IGNORE)
         self.stepper = self.make_stepper()
-        self.average = WeightAverage(model, config.ema, layout) if config.ema > 0 and model.trainable else None
+        self.average = WeightAverage(model, config.ema) if config.ema > 0 and model.trainable else None
         if config.tensorboard and not self.observer.want_tensorboard:
             self.warn(TENSORBOARD_HINT)
 
