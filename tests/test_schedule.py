@@ -142,3 +142,13 @@ def test_max_steps_zero_is_a_one_line_cli_error(capsys, tmp_path, names_file):
         main(["train", "-i", str(names_file), "-o", str(tmp_path / "run"), "--max-steps", "0", "--model", "mlp"])
     assert exit_info.value.code == 2
     assert "--max-steps must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_the_fixed_schedule_is_told_once_with_the_flags_that_repeat_it(tmp_path, names_file, fake_clock):
+    events = []
+    trainer = make_trainer(tmp_path / "budget", names_file.read_text().split(), max_steps=1000, time_budget=30.0)
+    trainer.on_event = events.append
+    trainer.train()
+    told = [event["message"] for event in events if event["event"] == "info"]
+    assert told == ["schedule: 30 steps fit the 30 s budget (fixed now; --max-steps 30 --time-budget none repeats "
+                    "this run)"]  # fmt: skip

@@ -55,7 +55,8 @@ def _trained(info: dict[str, Any]) -> str:
         return "fitted in closed form (no training steps)"
     if info["steps"] is None:
         return "not yet (no checkpoint or log)"
-    return f"{info['steps']:,} of {info['max_steps']:,} steps" if info["max_steps"] else f"{info['steps']:,} steps"
+    limit = info.get("schedule_steps") or info["max_steps"]
+    return f"{info['steps']:,} of {limit:,} steps" if limit else f"{info['steps']:,} steps"
 
 
 def _best(info: dict[str, Any]) -> str:

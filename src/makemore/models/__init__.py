@@ -37,9 +37,10 @@ class Preset:
     train: dict[str, Any] = field(default_factory=dict)
 
 
-# The neural ladder's recommended training: at most 10 minutes (the quality targets' budget on a 2-core CPU; the
-# learning-rate schedule follows the clock), or max_steps where a faster machine gets there first; the weights kept
-# are the best by val, and training stops after `patience` evaluations without improvement.
+# The neural ladder's recommended training: at most 10 minutes (the quality targets' budget on a 2-core CPU: after
+# a short timed start the budget becomes the schedule's length in steps, fixed once and recorded), or max_steps
+# where a faster machine gets there first; the weights kept are the best by val, and training stops after
+# `patience` evaluations without improvement.
 TEN_MINUTES: dict[str, Any] = {"time_budget": 600.0, "eval_every": 500, "patience": 10}
 
 MODELS: dict[str, ModelSpec] = {
@@ -58,7 +59,7 @@ MODELS: dict[str, ModelSpec] = {
         MLPConfig,
         MLP,
         "Bengio et al. 2003: embeddings of the last k chars -> tanh MLP",
-        # The default `makemore train` job: at most 100 s (the cosine schedule follows the clock then), and early
+        # The default `makemore train` job: at most 100 s (the budget becomes the schedule's length), and early
         # stopping once val stops improving on small datasets.
         {"lr": 3e-3, "max_steps": 20000, "time_budget": 100.0, "batch_size": 64, "weight_decay": 0.1, "patience": 6},
     ),

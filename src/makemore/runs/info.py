@@ -95,8 +95,11 @@ def _progress(run_dir: Path) -> dict[str, Any]:
     if state is not None:
         best = state.get("best_val")
         known = isinstance(best, (int, float)) and math.isfinite(best) and state.get("best_step", -1) >= 0
+        schedule = state.get("schedule_steps")
         return {
             "steps": state.get("step"),
+            # a time budget, fixed as a step count after the first steps: `--max-steps` with it repeats the run
+            "schedule_steps": schedule if isinstance(schedule, int) and schedule > 0 else None,
             "best_val": best if known else None,
             "best_step": state.get("best_step") if known else None,
         }

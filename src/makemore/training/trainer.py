@@ -290,8 +290,15 @@ class Trainer:
         if self.dist.enabled:  # every rank takes the same decisions: the slowest clock, anyone's stop
             elapsed, stop_votes = distributed.all_reduce_max([elapsed, float(interrupted)])
             interrupted = stop_votes > 0
+        fixed = horizon.steps
         horizon.seconds_at(self.state.step, elapsed)
         self.state.schedule_steps = horizon.steps
+        if horizon.steps != fixed and self.config.time_budget is not None and self.dist.is_main:
+            self.on_event({
+                "event": "info",
+                "message": f"schedule: {horizon.steps:,} steps fit the {self.config.time_budget:g} s budget "
+                f"(fixed now; --max-steps {horizon.steps} --time-budget none repeats this run)",
+            })  # fmt: skip
         if self.state.step >= (horizon.steps or self.config.max_steps):
             return "max_steps"
         if self.config.time_budget is not None and elapsed >= self.config.time_budget:
