@@ -23,6 +23,7 @@ CLOCK = [0.0]  # a fake clock: every batch drawn takes one second
 def fake_clock(monkeypatch):
     CLOCK[0] = 0.0
     monkeypatch.setattr(trainer_module, "time", types.SimpleNamespace(perf_counter=lambda: CLOCK[0]))
+    monkeypatch.setattr(schedule, "TIME_SHARE", 1.0)  # the whole time left: round numbers below
 
 
 def make_trainer(run_dir, items, stop_at: int | None = None, **settings) -> Trainer:
@@ -68,11 +69,15 @@ def test_the_budget_becomes_a_step_count_after_the_warmup_or_probe():
         horizon.seconds_at(step, 5.0 + 2.0 * step)
         assert horizon.steps == 0
     horizon.seconds_at(schedule.PROBE_STEPS, 5.0 + 2.0 * schedule.PROBE_STEPS)
-    assert horizon.steps == 50 + (1000 - 105) // 2  # the steps done, then two seconds a step for the rest
+    # the steps done, then two seconds a step for the share of the time left that the schedule takes
+    assert horizon.steps == 50 + int(schedule.TIME_SHARE * (1000 - 105) / 2)
     short = schedule.Horizon(TrainConfig(max_steps=10_000, time_budget=100.0, warmup_steps=4))
-    for step in range(5):
+    for step in range(4):
         short.seconds_at(step, float(step))
-    assert short.steps == 4 + 96  # fixed by the end of warmup, before any lr depends on the length
+    assert short.fixes_at(4)  # the trainer times an evaluation here: 0.5 s, for an evaluation every 10 steps
+    short.extra_per_step = 0.05
+    short.seconds_at(4, 4.0)
+    assert short.steps == 4 + int(schedule.TIME_SHARE * 96 / 1.05)  # fixed by the end of warmup
 
 
 def test_a_budgeted_run_equals_max_steps_of_its_recorded_length(tmp_path, names_file, fake_clock):

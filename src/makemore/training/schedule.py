@@ -13,6 +13,10 @@ from makemore.training.config import TrainConfig
 
 PROBE_STEPS = 50  # steps timed before a time budget becomes a step count
 UNTIMED_STEPS = 2  # the first steps pay for lazy initialisation (thread pools, allocations): not timed
+# The schedule is fitted into this share of the time left: a run whose speed drifts down (a busier machine, longer
+# late batches) should still reach the end of its schedule, where the learning rate has decayed, before the clock
+# stops it.
+TIME_SHARE = 0.95
 
 
 def lr_at(config: TrainConfig, step: int, progress: float) -> float:
@@ -52,6 +56,12 @@ class Horizon:
         self.steps = config.max_steps if config.time_budget is None else min(steps, config.max_steps)
         self.probe = probe_steps(config)
         self.timed_from: tuple[int, float] | None = None  # (step, clock) where timing started
+        # what else each step costs over the run: evaluation every eval_every steps (timed once by the trainer)
+        self.extra_per_step = 0.0
+
+    def fixes_at(self, step: int) -> bool:
+        """Whether the length gets fixed before this step (the trainer times an evaluation first)."""
+        return not self.steps and self.timed_from is not None and step >= self.probe
 
     def seconds_at(self, step: int, elapsed: float) -> None:
         if self.steps:
@@ -62,11 +72,12 @@ class Horizon:
             self.steps = self.estimate(step, elapsed)
 
     def estimate(self, step: int, elapsed: float) -> int:
-        """Steps done + the remaining budget at the timed speed, at most max_steps."""
+        """Steps done + the steps that fit in the time left at the timed speed (evaluations included), at most
+        max_steps."""
         first, started = self.timed_from or (0, 0.0)
-        per_step = (elapsed - started) / max(step - first, 1)
+        per_step = (elapsed - started) / max(step - first, 1) + self.extra_per_step
         budget = self.config.time_budget or math.inf
-        remaining = (budget - elapsed) / per_step if per_step > 0 else math.inf
+        remaining = TIME_SHARE * (budget - elapsed) / per_step if per_step > 0 else math.inf
         fit = step + max(0, math.floor(remaining)) if math.isfinite(remaining) else self.config.max_steps
         return max(step, 1, min(self.config.max_steps, fit))
 

@@ -188,6 +188,16 @@ class Trainer:
         mine = itertools.islice(batches, self.dist.rank, None, self.dist.world_size)
         return evaluate(self.model, mine, self.device, self.config.dtype, reduce=distributed.all_reduce_sum)
 
+    def time_evaluation(self) -> float:
+        """Seconds one val evaluation takes (nothing recorded, nothing changed: eval mode draws no random numbers),
+        so that a time budget's schedule leaves room for the evaluations (the slowest rank's time under torchrun)."""
+        if not len(self.splits["val"]):
+            return 0.0
+        began = time.perf_counter()
+        self.evaluate("val")
+        seconds = time.perf_counter() - began
+        return distributed.all_reduce_max([seconds])[0] if self.dist.enabled else seconds
+
     @contextlib.contextmanager
     def eval_threads(self) -> Iterator[None]:
         """While rows train in shards the main thread keeps one intra-op thread; evaluation gets the run's threads."""
@@ -291,6 +301,9 @@ class Trainer:
             elapsed, stop_votes = distributed.all_reduce_max([elapsed, float(interrupted)])
             interrupted = stop_votes > 0
         fixed = horizon.steps
+        if self.config.time_budget is not None and horizon.fixes_at(self.state.step):
+            horizon.extra_per_step = self.time_evaluation() / self.config.eval_every
+            elapsed = max(elapsed, time.perf_counter() - start)  # the budget left excludes that evaluation
         horizon.seconds_at(self.state.step, elapsed)
         self.state.schedule_steps = horizon.steps
         if horizon.steps != fixed and self.config.time_budget is not None and self.dist.is_main:
