@@ -1,4 +1,4 @@
-"""A CUDA check of the decoder (the compiled kernels are CPU-only; on a GPU everything runs through PyTorch).
+"""A CUDA check of the decoder: batched decoding on a GPU gives the naive path's very items.
 
     PYTHONPATH=src python benchmarks/cuda_decode_check.py
 

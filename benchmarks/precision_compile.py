@@ -23,7 +23,8 @@ import torch
 from makemore import config as config_mod
 from makemore.data.lines import IGNORE, LineSplit, Vocab, read_items
 from makemore.models import MODELS, build_model
-from makemore.training.trainer import TrainConfig, Trainer
+from makemore.training.config import TrainConfig
+from makemore.training.trainer import Trainer
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -7,7 +7,8 @@ from makemore.data.lines import LineSplit, Vocab
 from makemore.errors import MakemoreError
 from makemore.models import MODELS, build_model
 from makemore.runs import checkpoint as ckpt
-from makemore.training.trainer import TrainConfig, Trainer
+from makemore.training.config import TrainConfig
+from makemore.training.trainer import Trainer
 
 
 def test_atomic_write_interrupted_mid_write_keeps_the_old_file(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ import pytest
 from makemore import config
 from makemore.errors import MakemoreError
 from makemore.models import MODELS
-from makemore.training.trainer import TrainConfig
+from makemore.training.config import TrainConfig
 
 
 @dataclass

@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 from makemore.data.lines import LineSplit, Vocab
 from makemore.errors import MakemoreError
 from makemore.generation.constraints import ConstraintSpec, Unsatisfiable, build_constraint
-from makemore.generation.sample import DecodeOptions, beam_search, decode, decode_smc
+from makemore.generation.sample import DecodeOptions, decode, decode_smc
 from makemore.generation.scoring import score_items
+from makemore.generation.search import beam_search
 from makemore.models import MODELS, build_model
 from makemore.models.ngram import NGramConfig
 

@@ -5,7 +5,7 @@ import torch
 
 from makemore.data.lines import LineSplit, Vocab
 from makemore.models import MODELS, build_model
-from makemore.training.trainer import evaluate
+from makemore.training.evaluation import evaluate
 
 
 def fitted_bigram(items, k):

@@ -16,7 +16,7 @@ from makemore.data.lines import (
 )
 from makemore.errors import MakemoreError
 from makemore.models import MODELS, build_model
-from makemore.training.trainer import evaluate
+from makemore.training.evaluation import evaluate
 
 
 def test_vocab_round_trip_with_dots_spaces_and_non_ascii():

@@ -11,7 +11,7 @@ from makemore.errors import MakemoreError
 from makemore.models import MODELS, build_model
 from makemore.models.mix import Mix, MixConfig, fit_weights, member_log_probs, mixture_nll
 from makemore.runs import checkpoint as ckpt
-from makemore.training.trainer import evaluate
+from makemore.training.evaluation import evaluate
 
 TRAIN = NAMES[:22]
 VAL = ["chloe", "victoria", "madison", "eleanor", "grace", "nora", "riley", "zoey", "emma", "bella", "amelia"]

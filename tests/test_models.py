@@ -20,7 +20,8 @@ from makemore.data.batching import PackedSampler
 from makemore.data.lines import BOUNDARY, IGNORE, LineSplit, Vocab
 from makemore.models import MODELS, LanguageModel, build_model
 from makemore.runs import checkpoint as ckpt
-from makemore.training.trainer import TrainConfig, build_optimizer
+from makemore.training.config import TrainConfig
+from makemore.training.optim import build_optimizer
 
 # Tiny configs, keyed by registry name: config-field overrides, or a function vocab_size -> model for models that
 # need more than a config to exist. Sequences in the tests (T = 12) are longer than every finite context here, so

@@ -10,7 +10,7 @@ from makemore.data.lines import LineSplit, Vocab
 from makemore.errors import MakemoreError
 from makemore.models.ngram import NGram, NGramConfig, context_windows
 from makemore.runs import checkpoint as ckpt
-from makemore.training.trainer import evaluate
+from makemore.training.evaluation import evaluate
 
 TRAIN = NAMES[:22]
 VAL = ["chloe", "victoria", "madison", "eleanor", "grace", "nora", "riley", "zoey", "emma", "bella"]

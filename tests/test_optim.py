@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from makemore.models import MODELS, build_model
+from makemore.training.config import TrainConfig
 from makemore.training.optim import WeightAverage, build_optimizer, clip_gradients
-from makemore.training.trainer import TrainConfig
 
 SOURCE = Path(__file__).resolve().parents[1] / "src" / "makemore"
 TINY = {

@@ -10,7 +10,8 @@ import torch
 from makemore.data.batching import LengthBucketSampler, PackedSampler, pack_rows
 from makemore.data.lines import BOUNDARY, IGNORE, LineSplit, Vocab
 from makemore.models import MODELS, build_model
-from makemore.training.trainer import TrainConfig, Trainer
+from makemore.training.config import TrainConfig
+from makemore.training.trainer import Trainer
 
 ITEMS = ["".join(random.Random(i).choices("abcdefghij", k=random.Random(-i).randint(1, 12))) for i in range(300)]
 VOCAB = Vocab.from_texts(ITEMS)

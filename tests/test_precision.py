@@ -16,7 +16,8 @@ import torch
 from makemore import config as config_mod
 from makemore.data.lines import LineSplit, Vocab
 from makemore.models import MODELS, build_model
-from makemore.training.trainer import TrainConfig, Trainer
+from makemore.training.config import TrainConfig
+from makemore.training.trainer import Trainer
 
 TINY_MODELS = {
     "mlp": {"n_embd": 8, "n_hidden": 32, "dropout": 0.0},

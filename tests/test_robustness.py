@@ -28,7 +28,8 @@ from makemore.models import MODELS, build_model
 from makemore.runs import checkpoint as ckpt
 from makemore.runs import lock as lock_mod
 from makemore.runs.lock import RunLock
-from makemore.training.trainer import TrainConfig, Trainer
+from makemore.training.config import TrainConfig
+from makemore.training.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 PROGRESS = re.compile(r"\|\s*\d+/\d+ \[")

@@ -8,8 +8,9 @@ import torch
 
 from makemore.data.lines import BOUNDARY, IGNORE, LineSplit, Vocab
 from makemore.models import MODELS, build_model
+from makemore.training.config import TrainConfig
 from makemore.training.row_split import RowSplitter
-from makemore.training.trainer import TrainConfig, Trainer
+from makemore.training.trainer import Trainer
 
 
 def packed_batch(rows: int = 6, width: int = 12, vocab: int = 9, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,8 +12,9 @@ import torch
 
 from makemore.data.lines import LineSplit, Vocab
 from makemore.generation.constraints import ConstraintSpec, build_constraint, length_constraint
-from makemore.generation.sample import DecodeOptions, beam_search, decode, decode_smc, generate, generate_recompute
+from makemore.generation.sample import DecodeOptions, decode, decode_smc, generate, generate_recompute
 from makemore.generation.scoring import score_items
+from makemore.generation.search import beam_search
 from makemore.models import MODELS, build_model
 from makemore.models.ngram import NGramConfig
 

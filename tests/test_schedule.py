@@ -14,7 +14,8 @@ from makemore.data.lines import LineSplit, Vocab
 from makemore.models import MODELS, build_model
 from makemore.training import schedule
 from makemore.training import trainer as trainer_module
-from makemore.training.trainer import TrainConfig, Trainer
+from makemore.training.config import TrainConfig
+from makemore.training.trainer import Trainer
 
 CLOCK = [0.0]  # a fake clock: every batch drawn takes one second
 

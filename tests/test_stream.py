@@ -27,7 +27,9 @@ from makemore.data.stream import (
 from makemore.errors import MakemoreError
 from makemore.models import MODELS, LanguageModel, build_model
 from makemore.models.base import sequence_nll
-from makemore.training.trainer import TrainConfig, Trainer, evaluate
+from makemore.training.config import TrainConfig
+from makemore.training.evaluation import evaluate
+from makemore.training.trainer import Trainer
 
 PROSE = (
     "It was the best of times, it was the worst of times, it was the age of wisdom,\n"

@@ -8,7 +8,8 @@ import torch
 
 from makemore.data.lines import LineSplit, Vocab
 from makemore.models import MODELS, build_model
-from makemore.training.trainer import TrainConfig, Trainer
+from makemore.training.config import TrainConfig
+from makemore.training.trainer import Trainer
 
 ITEMS = ["emma", "olivia", "ava", "isabella", "sophia", "mia", "amelia", "harper", "evelyn", "abigail"] * 4
 

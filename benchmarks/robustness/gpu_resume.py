@@ -16,7 +16,8 @@ import torch
 from makemore.data.lines import LineSplit, Vocab
 from makemore.models import MODELS, build_model
 from makemore.runs import checkpoint as ckpt
-from makemore.training.trainer import TrainConfig, Trainer
+from makemore.training.config import TrainConfig
+from makemore.training.trainer import Trainer
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: a dry run of the script
 

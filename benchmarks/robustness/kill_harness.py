@@ -39,7 +39,7 @@ import torch
 
 from makemore.data.lines import LineSplit
 from makemore.runs import checkpoint as ckpt
-from makemore.training.trainer import evaluate
+from makemore.training.evaluation import evaluate
 
 
 def write_names(path: Path, count: int, seed: int) -> None:

@@ -87,7 +87,7 @@ class Run:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> Run:
-        from makemore.training.trainer import resolve_device
+        from makemore.training.devices import resolve_device
 
         spec, model = ckpt.load_model(path, resolve_device(device))
         return cls(path, spec, model)

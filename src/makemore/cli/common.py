@@ -17,7 +17,7 @@ from typing import Any
 
 from makemore.errors import MakemoreError
 from makemore.runs import checkpoint as ckpt
-from makemore.training.trainer import resolve_device
+from makemore.training.devices import resolve_device
 
 EXIT_USAGE = 2
 

@@ -14,7 +14,6 @@ from makemore.cli.common import Parser, emit, format_items
 from makemore.data.lines import Vocab, read_text
 from makemore.errors import MakemoreError
 from makemore.generation.search import MAX_EXPANSIONS
-from makemore.generation.stream import stream_text as stream_text  # cli/train imports it from here
 from makemore.runs import checkpoint as ckpt
 
 

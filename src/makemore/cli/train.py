@@ -19,8 +19,8 @@ from makemore.errors import MakemoreError
 from makemore.models import DEFAULT_MODEL, MODELS
 from makemore.runs import checkpoint as ckpt
 from makemore.training import launch
+from makemore.training.config import TrainConfig
 from makemore.training.launch_settings import model_train_defaults
-from makemore.training.trainer import TrainConfig
 
 SUPPRESS = argparse.SUPPRESS  # flags not given are not passed on: the library's defaults apply
 

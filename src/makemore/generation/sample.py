@@ -36,7 +36,6 @@ import torch
 from makemore.data.lines import BOUNDARY
 from makemore.generation.common import Generated, prime
 from makemore.generation.constraints import Constraint, length_constraint
-from makemore.generation.search import beam_search as beam_search  # older imports take it from here
 from makemore.models import LanguageModel
 
 SMALL_BATCH = 8  # decodes of at most this many rows on the CPU take `_decode_small`

@@ -28,6 +28,7 @@ from makemore.models import MODELS, LanguageModel, build_model
 from makemore.runs import checkpoint as ckpt
 from makemore.runs.lock import RunLock, remove_stale_temp_files
 from makemore.training import distributed, run_dirs
+from makemore.training.config import TrainConfig
 from makemore.training.devices import resolve_device
 from makemore.training.launch_data import Data, DataOptions, describe_data, load_data, load_splits, reload_data
 from makemore.training.launch_results import finish, nothing_to_do
@@ -41,7 +42,7 @@ from makemore.training.launch_settings import (
     with_flag_names,
 )
 from makemore.training.lr_finder import describe, rounded_suggestion, run_lr_find
-from makemore.training.trainer import TrainConfig, Trainer
+from makemore.training.trainer import Trainer
 
 __all__ = ["train", "load_splits", "model_train_defaults", "default_run_dir"]
 

@@ -13,8 +13,8 @@ from makemore.generation.stream import stream_text
 from makemore.models import MODELS, LanguageModel
 from makemore.runs import checkpoint as ckpt
 from makemore.training import distributed
+from makemore.training.config import TrainConfig
 from makemore.training.evaluation import evaluate
-from makemore.training.trainer import TrainConfig
 
 STREAM_SAMPLE_CHARS = 300  # length of the sample drawn at the end of a stream-mode training run
 

@@ -20,7 +20,7 @@ import torch
 from makemore import config as config_mod
 from makemore.errors import MakemoreError
 from makemore.models import DEFAULT_MODEL, MODELS
-from makemore.training.trainer import TrainConfig
+from makemore.training.config import TrainConfig
 
 AUTO = "auto"  # lr="auto": run the learning-rate finder first
 

@@ -51,7 +51,7 @@ def mix_runs(
     Returns what was fitted: {"out", "fitted_on", "tokens", "val_nll", "members": [{"run", "model", "weight",
     "val_nll"}]}. Raises MakemoreError for runs that cannot be mixed (different vocabularies, splits or texts).
     """
-    from makemore.training.trainer import resolve_device
+    from makemore.training.devices import resolve_device
 
     if em_steps < 1:
         raise MakemoreError(f"--em-steps must be >= 1, got {em_steps}")

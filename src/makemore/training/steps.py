@@ -15,7 +15,7 @@ from makemore.models import LanguageModel
 from makemore.models.base import detach_state, map_state
 from makemore.training import distributed
 from makemore.training.config import TrainConfig
-from makemore.training.devices import autocast, first_line
+from makemore.training.devices import autocast, first_line, make_grad_scaler
 from makemore.training.diagnostics import Observer
 from makemore.training.optim import clip_gradients
 from makemore.training.row_split import RowSplitter
@@ -24,20 +24,6 @@ from makemore.training.row_split import RowSplitter
 def finite_norm(norm: torch.Tensor | float | None) -> bool:
     """False for a NaN/inf gradient norm; None (not computed) counts as fine."""
     return norm is None or math.isfinite(float(norm))
-
-
-def make_grad_scaler(device: torch.device, dtype: str) -> Any:
-    """A GradScaler for fp16 (its narrow range underflows small gradients); None for fp32 and bf16.
-
-    torch.amp.GradScaler also runs on CPU, so the fp16 path (scale, unscale before clipping, skipped steps) is the
-    same code on every device and the CPU tests reach it.
-    """
-    if dtype != "fp16":
-        return None
-    try:
-        return torch.amp.GradScaler(device.type)
-    except (AttributeError, RuntimeError, TypeError):  # older PyTorch: CUDA-only scaler
-        return torch.cuda.amp.GradScaler() if device.type == "cuda" else None
 
 
 def wrap_for_training(

@@ -29,18 +29,12 @@ from makemore.runs import checkpoint as ckpt
 from makemore.training import distributed
 from makemore.training.checkpointing import RunWriter, TrainingParts, restore_checkpoint, save_checkpoint
 from makemore.training.config import TrainConfig, TrainState
-from makemore.training.devices import autocast, first_line, resolve_device
+from makemore.training.devices import resolve_device
 from makemore.training.diagnostics import TENSORBOARD_HINT, Observer, grad_norm_of
 from makemore.training.evaluation import evaluate
 from makemore.training.optim import WeightAverage, build_optimizer
-from makemore.training.schedule import Horizon, lr_at
-from makemore.training.steps import TrainStep, finite_norm, make_grad_scaler
-
-# re-exported: callers import these from here
-__all__ = [
-    "TrainConfig", "TrainState", "Trainer", "autocast", "build_optimizer", "evaluate", "finite_norm", "first_line",
-    "lr_at", "make_grad_scaler", "resolve_device", "WeightAverage",
-]  # fmt: skip
+from makemore.training.schedule import Horizon
+from makemore.training.steps import TrainStep, finite_norm
 
 MAX_NONFINITE_IN_A_ROW = 20  # --skip-nonfinite gives up after this many skipped updates in a row
 
