@@ -220,7 +220,7 @@ def test_stream_runs_mix_with_each_member_reading_its_own_context(capsys, tmp_pa
 
 
 def test_mix_runs_is_a_library_function_the_command_calls(capsys, tmp_path, names_file):
-    from makemore.training.mixing import mix_runs
+    from makemore.jobs.mix import mix_runs
 
     for name, order in (("two", 2), ("three", 3)):
         flags = ["--model", "ngram", "--order", order, "--samples", 0]

@@ -17,11 +17,11 @@ from makemore.cli import main
 from makemore.cli.lr_find import take_lr_auto
 from makemore.data.lines import LineSplit, Vocab
 from makemore.insight import plots
+from makemore.jobs.lr_find import find_lr, suggest_lr
 from makemore.models import MODELS, build_model
 from makemore.models.transformer import visible_keys
 from makemore.training import diagnostics
 from makemore.training.config import TrainConfig
-from makemore.training.lr_finder import find_lr, suggest_lr
 
 DPI = 40  # small images: fast tests
 TINY_MLP = ["--model", "mlp", "--block-size", "3", "--n-embd", "5", "--n-hidden", "16", "--batch-size", "8"]

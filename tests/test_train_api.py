@@ -1,4 +1,4 @@
-"""`makemore.training.launch.train`, the one function behind `makemore train`: its results, its errors, resume
+"""`makemore.jobs.train.train`, the one function behind `makemore train`: its results, its errors, resume
 semantics, and run directories that appear only once loadable."""
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ import torch
 from makemore.cli import main
 from makemore.cli.common import progress_printer
 from makemore.errors import MakemoreError
+from makemore.jobs import lr_find as lr_finder
+from makemore.jobs import train as launch
 from makemore.models.ngram import NGram
 from makemore.runs import checkpoint as ckpt
-from makemore.training import launch, lr_finder
 
 TINY = {"n_embd": 4, "n_hidden": 16, "batch_size": 8, "log_every": 5, "threads": 1, "device": "cpu"}
 TINY_FLAGS = ["--model", "mlp", "--n-embd", "4", "--n-hidden", "16", "--batch-size", "8", "--log-every", "5",

@@ -49,11 +49,11 @@ from makemore.generation.sample import DecodeOptions, decode, decode_smc
 from makemore.generation.scoring import score_items
 from makemore.generation.search import MAX_EXPANSIONS, beam_search, best_first_search
 from makemore.generation.stream import stream_text
+from makemore.jobs.mix import mix_runs
+from makemore.jobs.train import train
 from makemore.models import LanguageModel
 from makemore.runs import checkpoint as ckpt
 from makemore.runs.info import describe_run
-from makemore.training.launch import train
-from makemore.training.mixing import mix_runs
 
 MAX_ROUND = 50_000  # most candidates drawn in one batch while filling a filtered request
 STALE_ROUNDS = 5  # give up after this many rounds in a row that add nothing

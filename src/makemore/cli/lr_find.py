@@ -10,10 +10,10 @@ from typing import Any
 from makemore import config as config_mod
 from makemore.cli.common import Parser
 from makemore.errors import MakemoreError
+from makemore.jobs.lr_find import describe, sweep_file
+from makemore.jobs.train_settings import model_train_defaults
 from makemore.models import DEFAULT_MODEL, MODELS
 from makemore.training.config import TrainConfig
-from makemore.training.launch_settings import model_train_defaults
-from makemore.training.lr_finder import describe, sweep_file
 
 # training flags that mean nothing to a sweep of a few hundred steps at a growing lr
 SWEEP_SKIPS = {"lr", "max_steps", "time_budget", "schedule", "warmup_steps", "min_lr_ratio", "step_decay_at"}

@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_mix(argv: list[str]) -> int:
-    from makemore.training.mixing import mix_runs
+    from makemore.jobs.mix import mix_runs
 
     args = _parser().parse_args(argv)
     result = mix_runs(args.runs, args.out, args.force, args.val_file, args.em_steps, args.device)

@@ -1,4 +1,4 @@
-"""`makemore train`: parse the flags, call `makemore.training.launch.train`, print what it reports."""
+"""`makemore train`: parse the flags, call `makemore.jobs.train.train`, print what it reports."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ from makemore.data.corpus import MODES
 from makemore.data.lines import BUILTIN_DATASETS, DEFAULT_DATASET
 from makemore.data.stream import DEFAULT_WINDOW
 from makemore.errors import MakemoreError
+from makemore.jobs import train as launch
+from makemore.jobs.train_settings import model_train_defaults
 from makemore.models import DEFAULT_MODEL, MODELS
 from makemore.runs import checkpoint as ckpt
-from makemore.training import launch
 from makemore.training.config import TrainConfig
-from makemore.training.launch_settings import model_train_defaults
 
 SUPPRESS = argparse.SUPPRESS  # flags not given are not passed on: the library's defaults apply
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,9 +31,6 @@ import torch
 from makemore.data.corpus import Corpus
 from makemore.data.lines import IGNORE
 from makemore.errors import MakemoreError
-
-if TYPE_CHECKING:  # data comes before models: a split only asks a model its context size
-    from makemore.models import LanguageModel
 
 DEFAULT_WINDOW = 128  # training window for models without a block_size
 LEAD_IN = 16  # context characters before a split that count models see when fitting on it (>= any n-gram order)
@@ -70,7 +67,7 @@ class EvalPlan:
         return f"{what}: every char sees at least {least} chars of context (the model reads up to {self.window})"
 
 
-def plan_eval(model: LanguageModel, window: int, stride: int | None = None) -> EvalPlan:
+def plan_eval(model: Any, window: int, stride: int | None = None) -> EvalPlan:  # model: a LanguageModel
     """Carried state for models that carry it; otherwise sliding windows of the training window. The default stride
     gives every character the model's full context when that costs at most 2x the windows of stride = window / 2."""
     if model.carries_state:
@@ -324,7 +321,7 @@ def unflatten_state(tensors: dict[str, torch.Tensor], prefix: str) -> Any:
 
 
 def stream_splits(
-    corpus: Corpus, data: dict[str, Any], model: LanguageModel, stride: int | None = None, where: str = "run.json"
+    corpus: Corpus, data: dict[str, Any], model: Any, stride: int | None = None, where: str = "run.json"
 ) -> dict[str, StreamSplit]:
     """The splits recorded in a run's `data` (offsets, window, stateful), evaluated as `plan_eval` decides."""
     offsets, window = data.get("offsets"), data.get("window")

@@ -27,10 +27,10 @@ import torch
 from makemore import config as config_mod
 from makemore.data.lines import LineSplit, Vocab
 from makemore.errors import MakemoreError
+from makemore.jobs.train_data import DataOptions, load_splits
+from makemore.jobs.train_settings import fresh_configs, torch_threads, trainable_model_name
 from makemore.models import LanguageModel, build_model
 from makemore.training.config import TrainConfig
-from makemore.training.launch_data import DataOptions, load_splits
-from makemore.training.launch_settings import fresh_configs, torch_threads, trainable_model_name
 from makemore.training.trainer import Trainer
 
 SAFETY_FACTOR = 2.0  # the suggestion is the lr at the smoothed minimum divided by this

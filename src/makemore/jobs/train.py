@@ -24,15 +24,10 @@ import torch
 from makemore import config as config_mod
 from makemore.data.lines import BUILTIN_DATASETS, DEFAULT_DATASET
 from makemore.errors import MakemoreError
-from makemore.models import MODELS, LanguageModel, build_model
-from makemore.runs import checkpoint as ckpt
-from makemore.runs.lock import RunLock, remove_stale_temp_files
-from makemore.training import distributed, run_dirs
-from makemore.training.config import TrainConfig
-from makemore.training.devices import resolve_device
-from makemore.training.launch_data import Data, DataOptions, describe_data, load_data, load_splits, reload_data
-from makemore.training.launch_results import finish, nothing_to_do
-from makemore.training.launch_settings import (
+from makemore.jobs.lr_find import describe, rounded_suggestion, run_lr_find
+from makemore.jobs.train_data import Data, DataOptions, describe_data, load_data, load_splits, reload_data
+from makemore.jobs.train_results import finish, nothing_to_do
+from makemore.jobs.train_settings import (
     fitted_settings,
     fresh_configs,
     model_train_defaults,
@@ -41,7 +36,13 @@ from makemore.training.launch_settings import (
     trainable_model_name,
     with_flag_names,
 )
-from makemore.training.lr_finder import describe, rounded_suggestion, run_lr_find
+from makemore.models import MODELS, LanguageModel, build_model
+from makemore.runs import checkpoint as ckpt
+from makemore.runs import create as run_dirs
+from makemore.runs.lock import RunLock, remove_stale_temp_files
+from makemore.training import distributed
+from makemore.training.config import TrainConfig
+from makemore.training.devices import resolve_device
 from makemore.training.trainer import Trainer
 
 __all__ = ["train", "load_splits", "model_train_defaults", "default_run_dir"]
