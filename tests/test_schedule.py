@@ -66,12 +66,14 @@ def test_the_schedule_is_max_steps_long_without_a_budget():
 def test_the_budget_becomes_a_step_count_after_the_warmup_or_probe():
     config = TrainConfig(max_steps=10_000, time_budget=1000.0, warmup_steps=200)
     horizon = schedule.Horizon(config)
-    for step in range(schedule.PROBE_STEPS):  # two seconds a step (the first steps are not timed)
+    for step in range(200):  # two seconds a step (the first steps are not timed), through the warmup
         horizon.seconds_at(step, 5.0 + 2.0 * step)
         assert horizon.steps == 0
-    horizon.seconds_at(schedule.PROBE_STEPS, 5.0 + 2.0 * schedule.PROBE_STEPS)
+    horizon.seconds_at(200, 5.0 + 2.0 * 200)
     # the steps done, then two seconds a step for the share of the time left that the schedule takes
-    assert horizon.steps == 50 + int(schedule.TIME_SHARE * (1000 - 105) / 2)
+    assert horizon.steps == 200 + int(schedule.TIME_SHARE * (1000 - 405) / 2)
+    capped = schedule.Horizon(TrainConfig(max_steps=10_000, time_budget=1000.0, warmup_steps=2000))
+    assert capped.probe == schedule.PROBE_STEPS  # a long warmup: fixed part-way through it
     short = schedule.Horizon(TrainConfig(max_steps=10_000, time_budget=100.0, warmup_steps=4))
     for step in range(4):
         short.seconds_at(step, float(step))

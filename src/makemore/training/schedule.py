@@ -11,7 +11,9 @@ import math
 
 from makemore.training.config import TrainConfig
 
-PROBE_STEPS = 50  # steps timed before a time budget becomes a step count
+# A time budget becomes a step count at the end of warmup (the first step whose learning rate depends on the
+# schedule's length), timed over the whole warmup for a steadier estimate, but at most this many steps in.
+PROBE_STEPS = 500
 UNTIMED_STEPS = 2  # the first steps pay for lazy initialisation (thread pools, allocations): not timed
 # The schedule is fitted into this share of the time left: a run whose speed drifts down (a busier machine, longer
 # late batches) should still reach the end of its schedule, where the learning rate has decayed, before the clock
