@@ -102,7 +102,12 @@ MODELS: dict[str, ModelSpec] = {
             "warmup_steps": 200,
             "ema": 0.999,
             "pack_width": 32,
+            "row_shards": 2,
         },  # fmt: skip
+        # row_shards 2: each batch as two shards of rows on two threads, the same numbers on every machine. At
+        # makemore's size (4 x 64, dropout 0), side by side on the 2-core CPU: 29.3k / 28.7k / 29.1k useful tokens/s
+        # on one thread, 38.0k / 36.0k / 37.3k with two shards (+25%), 31.7k / 36.0k / 37.7k with two intra-op
+        # threads (benchmarks/throughput.py, 20 s each; makemore's own 11.7k / 12.2k / 12.7k on its two threads).
         # defaults (3 layers, dropout 0.15, weight decay 0.2, --ema 0.999) measured on names in 10 min, alone on the
         # 2-core CPU: val 1.9294 (best at step 13,500 of 18,165). Alone, with --ema 0.999: dropout 0.2 and weight
         # decay 0.1 1.9383 (14,241 steps, still improving); dropout 0.15 1.9360 (best at 11,000 of 14,209). Without
