@@ -160,3 +160,15 @@ def test_the_fixed_schedule_is_told_once_with_the_flags_that_repeat_it(tmp_path,
     told = [event["message"] for event in events if event["event"] == "info"]
     assert told == ["schedule: 30 steps fit the 30 s budget (fixed now; --max-steps 30 --time-budget none repeats "
                     "this run)"]  # fmt: skip
+
+
+def test_a_resume_with_new_limits_fixes_the_length_from_the_runs_own_speed(tmp_path, names_file, fake_clock):
+    items = names_file.read_text().split()
+    stopped = make_trainer(tmp_path / "run", items, stop_at=17, max_steps=1000, time_budget=30.0)
+    assert stopped.train()["stopped"] == "interrupted"  # 17 steps in 17 s, a 30-step schedule
+    CLOCK[0] += 1000.0  # the pause between the two processes is not training time
+    resumed = make_trainer(tmp_path / "run", items, max_steps=1000, time_budget=40.0)
+    assert resumed.restore()
+    resumed.state.schedule_steps = 0  # what `makemore train --resume RUN --time-budget 40` does: new limits
+    result = resumed.train()
+    assert result["schedule_steps"] == 17 + 23  # one second a step so far, 23 s left: not the 1,000-step limit

@@ -379,10 +379,11 @@ def new_limits(
     (give both to keep one)."""
     recorded = spec.train_config
     if "max_steps" in given and "time_budget" not in given and config.time_budget is not None:
-        events.info(
-            f"--max-steps {config.max_steps} without --time-budget: training on to step {config.max_steps} "
-            f"(the run's time budget of {config.time_budget:g}s no longer applies)"
-        )
+        if saved is None or config.max_steps > saved.get("step", 0):  # (else: nothing left to do, said later)
+            events.info(
+                f"--max-steps {config.max_steps} without --time-budget: training on to step {config.max_steps} "
+                f"(the run's time budget of {config.time_budget:g}s no longer applies)"
+            )
         config = config_mod.replace(config, time_budget=None)
     changed = config.max_steps != recorded.get("max_steps") or config.time_budget != recorded.get("time_budget")
     return config, changed

@@ -53,6 +53,7 @@ def describe_run(run_dir: str | Path) -> dict[str, Any]:
         "closed_form": closed_form,
         "steps": progress["steps"],
         "max_steps": None if closed_form else spec.train_config.get("max_steps"),
+        "schedule_steps": progress.get("schedule_steps"),  # a time budget's schedule, as a step count
         "best_val_loss": progress["best_val"],
         "best_step": progress["best_step"],
         "data": {key: spec.data[key] for key in DATA_KEYS if key in spec.data},

@@ -60,14 +60,19 @@ class Horizon:
         self.timed_from: tuple[int, float] | None = None  # (step, clock) where timing started
         # what else each step costs over the run: evaluation every eval_every steps (timed once by the trainer)
         self.extra_per_step = 0.0
+        self.from_checkpoint = False  # the length comes from the checkpoint's steps and seconds, not from timing
 
     def fixes_at(self, step: int) -> bool:
-        """Whether the length gets fixed before this step (the trainer times an evaluation first)."""
-        return not self.steps and self.timed_from is not None and step >= self.probe
+        """Whether the length gets fixed by timing before this step (the trainer times an evaluation first)."""
+        return not self.steps and self.timed_from is not None and not self.from_checkpoint and step >= self.probe
 
     def seconds_at(self, step: int, elapsed: float) -> None:
         if self.steps:
             return
+        if self.timed_from is None and step >= self.probe:
+            # a run resumed past its timed start with new limits: its own average speed so far (evaluations
+            # included), read from the checkpoint, fixes the new length at once; no timing of this process
+            self.timed_from, self.from_checkpoint = (0, 0.0), True
         if self.timed_from is None and step >= min(UNTIMED_STEPS, self.probe - 1):
             self.timed_from = (step, elapsed)
         if step >= self.probe and self.timed_from is not None:
