@@ -313,3 +313,15 @@ def test_progress_is_a_bar_on_a_terminal():
         show(event)
     show.close()
     assert "\r" in stream.getvalue() and "5/10" in stream.getvalue() and "careful" in stream.getvalue()
+
+
+def test_a_step_count_given_alone_turns_the_recommended_time_budget_off(tmp_path, names_file):
+    """The transformer's registry recommends 600 s; --max-steps alone must not let the machine's speed decide."""
+    result = launch.train(input=str(names_file), model="transformer", out=str(tmp_path / "run"), samples=0,
+                          max_steps=3, eval_every=3, n_layer=1, n_embd=8, n_head=2)  # fmt: skip
+    spec = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert spec["train_config"]["time_budget"] is None and result["step"] == 3
+    with_budget = launch.train(input=str(names_file), model="transformer", out=str(tmp_path / "b"), samples=0,
+                               max_steps=3, time_budget=600.0, n_layer=1, n_embd=8, n_head=2)  # fmt: skip
+    assert json.loads((tmp_path / "b" / "run.json").read_text())["train_config"]["time_budget"] == 600.0
+    assert with_budget["step"] == 3

@@ -128,6 +128,10 @@ def fresh_configs(model_name: str, preset: str | None, settings: dict[str, Any])
             raise MakemoreError(f"--preset {preset}: {model_name} has no such preset (presets: {known})")
         train_base = apply(TrainConfig, train_base, spec.presets[preset].train)
         model_base = apply(spec.config_class, model_base, spec.presets[preset].model)
+    if "max_steps" in train and "time_budget" not in train:
+        # a step count given alone is the limit: the recommended time budget would make the run's length (and so
+        # its schedule and numbers) depend on the machine's speed
+        train_base = apply(TrainConfig, train_base, {"time_budget": None})
     return apply(TrainConfig, train_base, train), apply(spec.config_class, model_base, model), lr_auto
 
 

@@ -19,8 +19,9 @@ class TrainConfig:
     max_steps: int = field(5000, "number of optimizer steps")
     time_budget: float | None = field(
         None,
-        "stop after this many seconds of training (none: no limit); the schedule's length in steps is estimated "
-        "from the first steps' speed, once, and recorded (schedule_steps in the checkpoint and the result)",
+        "stop after this many seconds of training (none: no limit; --max-steps given without --time-budget turns a "
+        "recommended budget off); the schedule's length in steps is estimated from the warmup's speed, once, printed "
+        "and recorded (schedule_steps in the checkpoint and the result)",
     )
     batch_size: int = field(32, "items per batch (line mode); under torchrun the global batch, split across ranks")
     batch_per_rank: bool = field(False, "under torchrun: --batch-size is per rank (global batch = batch size x ranks)")
