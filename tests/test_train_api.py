@@ -325,3 +325,14 @@ def test_a_step_count_given_alone_turns_the_recommended_time_budget_off(tmp_path
                                max_steps=3, time_budget=600.0, n_layer=1, n_embd=8, n_head=2)  # fmt: skip
     assert json.loads((tmp_path / "b" / "run.json").read_text())["train_config"]["time_budget"] == 600.0
     assert with_budget["step"] == 3
+
+
+def test_recommended_row_shards_apply_to_one_cpu_process_only(tmp_path, names_file, monkeypatch):
+    tiny = dict(samples=0, max_steps=2, eval_every=2, n_layer=1, n_embd=8, n_head=2)
+    launch.train(input=str(names_file), model="transformer", out=str(tmp_path / "cpu"), **tiny)
+    assert json.loads((tmp_path / "cpu" / "run.json").read_text())["train_config"]["row_shards"] == 2
+    events = []
+    launch.train(input=str(names_file), model="transformer", out=str(tmp_path / "fp16"), dtype="fp16",
+                 on_event=events.append, **tiny)  # fmt: skip
+    assert json.loads((tmp_path / "fp16" / "run.json").read_text())["train_config"]["row_shards"] == 1
+    assert not [e for e in events if e["event"] == "warning" and "row-shards" in e["message"]]  # nothing asked

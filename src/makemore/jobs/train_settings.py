@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import difflib
 import math
+import os
 import re
 import typing
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from makemore import config as config_mod
 from makemore.errors import MakemoreError
 from makemore.models import DEFAULT_MODEL, MODELS
 from makemore.training.config import TrainConfig
+from makemore.training.devices import resolve_device
 
 AUTO = "auto"  # lr="auto": run the learning-rate finder first
 
@@ -132,7 +134,17 @@ def fresh_configs(model_name: str, preset: str | None, settings: dict[str, Any])
         # a step count given alone is the limit: the recommended time budget would make the run's length (and so
         # its schedule and numbers) depend on the machine's speed
         train_base = apply(TrainConfig, train_base, {"time_budget": None})
-    return apply(TrainConfig, train_base, train), apply(spec.config_class, model_base, model), lr_auto
+    config = apply(TrainConfig, train_base, train)
+    if "row_shards" not in train and config.row_shards > 1 and not cpu_threads_run(config):
+        config = apply(TrainConfig, config, {"row_shards": 1})  # a recommendation for one CPU process only
+    return config, apply(spec.config_class, model_base, model), lr_auto
+
+
+def cpu_threads_run(config: TrainConfig) -> bool:
+    """Whether a run trains in one CPU process, eagerly, without fp16's scaler: where row shards apply. A model's
+    recommended shards are dropped elsewhere (a GPU, torchrun, --compile), so run.json records what ran."""
+    single = int(os.environ.get("WORLD_SIZE", "1")) <= 1
+    return single and resolve_device(config.device).type == "cpu" and not config.compile and config.dtype != "fp16"
 
 
 def resumed_config(model_name: str, recorded: dict[str, Any], settings: dict[str, Any], where: str) -> TrainConfig:
