@@ -8,18 +8,12 @@ import re
 
 import pytest
 from conftest import NAMES
+from helpers import levenshtein, run_cli
 
 import makemore
 import makemore.errors
 from makemore.cli import main
 from makemore.generation.novelty import NoveltyIndex
-
-
-def run_cli(capsys, *argv):
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 @pytest.fixture(scope="module")
@@ -51,16 +45,6 @@ def run_dir(tmp_path_factory):
         )
     assert exit_info.value.code == 0
     return out
-
-
-def levenshtein(a: str, b: str) -> int:
-    """Textbook dynamic programme, independent of rapidfuzz."""
-    row = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        prev, row[0] = row[0], i
-        for j, cb in enumerate(b, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
-    return row[-1]
 
 
 def test_load_sample_score_return_plain_data(run_dir):

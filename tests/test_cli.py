@@ -3,8 +3,7 @@ import subprocess
 import sys
 
 import pytest
-
-from makemore.cli import main
+from helpers import run_cli
 
 TINY = [
     "--model",
@@ -22,13 +21,6 @@ TINY = [
     "--samples",
     "3",
 ]
-
-
-def run_cli(capsys, *argv):
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 def test_help_lists_the_model_flags(capsys):

@@ -9,6 +9,7 @@ import re
 
 import pytest
 from conftest import NAMES
+from helpers import levenshtein, run_cli
 
 import makemore
 from makemore.cli import main
@@ -17,13 +18,6 @@ from makemore.errors import MakemoreError
 from makemore.generation.novelty import NoveltyIndex
 
 PROSE = "the cat sat on the mat. the dog sat on the log. a cat and a dog met on a mat.\n"
-
-
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 def train(*argv) -> None:
@@ -169,15 +163,6 @@ def test_jsonl_nearest_is_the_nearest_item_of_any_split(capsys, run_dir):
         assert distances[record["nearest"]] == record["distance"]
     val_item = read_split_items(run_dir, "val")[0]
     assert makemore.load(run_dir).novelty.nearest([val_item]) == [(val_item, 0)]
-
-
-def levenshtein(a: str, b: str) -> int:
-    row = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        prev, row[0] = row[0], i
-        for j, cb in enumerate(b, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
-    return row[-1]
 
 
 # ----------------------------------------------------------------------------------------- stream-mode runs

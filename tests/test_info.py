@@ -6,17 +6,10 @@ import hashlib
 import json
 
 import pytest
+from helpers import run_cli
 
-from makemore.cli import main
 from makemore.runs import checkpoint as ckpt
 from makemore.runs.info import describe_run
-
-
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 def train(capsys, tmp_path, names_file, name, *flags):

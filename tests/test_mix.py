@@ -4,8 +4,8 @@ import shutil
 import pytest
 import torch
 from conftest import NAMES
+from helpers import run_cli
 
-from makemore.cli import main
 from makemore.data.lines import LineSplit, Vocab
 from makemore.errors import MakemoreError
 from makemore.models import MODELS, build_model
@@ -90,13 +90,6 @@ def test_incremental_steps_equal_the_full_forward():
         expected = full[:, t] if t < cut else full[rows, t]
         assert torch.allclose(logits, expected, atol=1e-5)
     assert torch.allclose(full.exp().sum(-1), torch.ones(full.shape[:2]), atol=1e-5)  # log p: rows sum to 1
-
-
-def run_cli(capsys, *argv):
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 def test_mix_command_makes_a_run_that_evaluates_samples_and_scores(capsys, tmp_path, names_file):

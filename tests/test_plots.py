@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import run_cli
 
-from makemore.cli import main
 from makemore.cli.lr_find import take_lr_auto
 from makemore.data.lines import LineSplit, Vocab
 from makemore.insight import plots
@@ -25,13 +25,6 @@ from makemore.training.config import TrainConfig
 
 DPI = 40  # small images: fast tests
 TINY_MLP = ["--model", "mlp", "--block-size", "3", "--n-embd", "5", "--n-hidden", "16", "--batch-size", "8"]
-
-
-def run_cli(capsys, *argv) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 def png_size(path: Path) -> tuple[int, int]:

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_cli
 from safetensors.torch import save as save_safetensors_bytes
 
-from makemore.cli import main
 from makemore.data.lines import LineSplit, Vocab
 from makemore.errors import MakemoreError
 from makemore.models import MODELS, build_model
@@ -35,13 +35,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PROGRESS = re.compile(r"\|\s*\d+/\d+ \[")
 TINY = ["--model", "mlp", "--n-embd", "4", "--n-hidden", "16", "--batch-size", "8", "--log-every", "5",
         "--samples", "0", "--threads", "1", "--device", "cpu"]  # fmt: skip
-
-
-def run_cli(capsys, *argv):
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 def messages(err: str) -> list[str]:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_cli
 
-from makemore.cli import main
 from makemore.cli.common import progress_printer
 from makemore.errors import MakemoreError
 from makemore.jobs import lr_find as lr_finder
@@ -24,13 +24,6 @@ from makemore.runs import checkpoint as ckpt
 TINY = {"n_embd": 4, "n_hidden": 16, "batch_size": 8, "log_every": 5, "threads": 1, "device": "cpu"}
 TINY_FLAGS = ["--model", "mlp", "--n-embd", "4", "--n-hidden", "16", "--batch-size", "8", "--log-every", "5",
               "--threads", "1", "--device", "cpu", "--samples", "0"]  # fmt: skip
-
-
-def run_cli(capsys, *argv):
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 def error_lines(err: str) -> list[str]:
