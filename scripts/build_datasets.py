@@ -30,14 +30,28 @@ def read_census_names(filenames: list[str]) -> list[str]:
     return list(seen)
 
 
+# Labelled datasets (label<TAB>item lines): each list's names under its label; a name on both lists appears under both.
+LABELLED = {
+    "first-names-by-sex": {"female": "dist.female.first", "male": "dist.male.first"},
+}
+
+
+def write_gzip(path: pathlib.Path, lines: list[str]) -> None:
+    data = ("\n".join(lines) + "\n").encode("ascii")
+    # mtime=0 keeps the gzip bytes reproducible.
+    with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as out:
+        out.write(data)
+
+
 def main() -> None:
     for name, filenames in DATASETS.items():
         items = read_census_names(filenames)
-        data = ("\n".join(items) + "\n").encode("ascii")
-        # mtime=0 keeps the gzip bytes reproducible.
-        with open(TARGET / f"{name}.txt.gz", "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as out:
-            out.write(data)
+        write_gzip(TARGET / f"{name}.txt.gz", items)
         print(f"{name}: {len(items)} items")
+    for name, lists in LABELLED.items():
+        lines = [f"{label}\t{item}" for label, filename in lists.items() for item in read_census_names([filename])]
+        write_gzip(TARGET / f"{name}.tsv.gz", lines)
+        print(f"{name}: {len(lines)} labelled items")
 
 
 if __name__ == "__main__":

@@ -354,7 +354,7 @@ def test_cli_stream_run_eval_matches_a_hand_computed_bigram(tmp_path: Path, caps
 
 def test_cli_stream_flags_are_checked(prose_file: Path, names_file: Path, tmp_path: Path):
     with pytest.raises(MakemoreError, match="for stream mode"):
-        cli.run(["train", "-i", str(names_file), "--stateful", "-o", str(tmp_path / "a")])
+        cli.run(["train", "-i", str(names_file), "--model", "gru", "--stateful", "-o", str(tmp_path / "a")])
     with pytest.raises(MakemoreError, match="does not carry state"):
         cli.run(["train", "-i", str(prose_file), "--model", "ngram", "--stateful", "-o", str(tmp_path / "b")])
     with pytest.raises(MakemoreError, match="built-in list of names"):

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from makemore.api_labels import LabelledRun
 from makemore.errors import MakemoreError
 from makemore.generation.checks import (
     MAX_STREAM_LENGTH,
@@ -35,6 +36,7 @@ from makemore.generation.checks import (
     check_prefix_fits,
     check_search_args,
 )
+from makemore.generation.classify import conditioned
 from makemore.generation.common import Generated
 from makemore.generation.constraints import (
     Constraint,
@@ -74,13 +76,14 @@ class SampleResult:
     note: str | None = None  # why fewer than `requested` items were found (None when all were)
 
 
-class Run:
+class Run(LabelledRun):
     """A trained run: its model (eval mode), vocabulary, and data splits for novelty checks."""
 
     def __init__(self, path: str | Path, spec: ckpt.RunSpec, model: LanguageModel):
         self.path = Path(path)
         self.spec = spec
-        self.model = model
+        self.base_model = model
+        self.model = conditioned(model, spec.data)  # a labelled run: p(item) = sum_k p(k) p(item | k) (api_labels)
         self._novelty: NoveltyIndex | None = None
         self._max_len: int | None = None
         self._constraints: dict[ConstraintSpec, Constraint] = {}  # compiled once per spec: repeated calls are cheap
@@ -154,6 +157,8 @@ class Run:
         nearest: bool = True,
         logprobs: bool = True,
         conditioning: str = "auto",
+        label: str | dict[str, float] | None = None,
+        blend: str = "mixture",
     ) -> SampleResult:
         """Generate items as dicts: n samples; or with `best`, exactly the `best` most probable items (best-first
         search, at most `max_expansions` prefixes expanded, else a MakemoreError); or with `beam`, `beam` probable
@@ -179,7 +184,18 @@ class Run:
         rest, whenever there is more than a prefix and lengths to meet (those are masked exactly either way) and
         neither greedy nor particles was asked for. An item drawn by rejection reports as `logprob` its log-prob
         given the prefix.
+
+        `label` (labelled runs): draw given a label, or a blend such as "female=0.7,male=0.3" (`blend`: "mixture"
+        or "embedding", see `under_label`); items then carry `label`. Without one, a labelled run draws from
+        p(item) = sum_k p(k) p(item | k).
         """
+        if label is not None:  # the same request, to this run conditioned on the label
+            request = {name: value for name, value in locals().items() if name not in ("self", "label", "blend")}
+            result = self.under_label(label, blend).generate(**request)
+            shown = label if isinstance(label, str) else ",".join(f"{k}={v:g}" for k, v in label.items())
+            for item in result.items:
+                item["label"] = shown
+            return result
         if self.spec.data.get("mode") == "stream":
             raise MakemoreError(f"{self.path} is a stream-mode run: it continues text (Run.continue_text)")
         check_generate_args(
@@ -405,9 +421,14 @@ class Run:
         approximate (a narrow beam may miss some of the most probable items). Options as in `generate`."""
         return self.generate(beam=k, **options).items
 
-    def score(self, items: str | Iterable[str], sort: bool = False, batch_size: int = 512) -> list[dict[str, Any]]:
+    def score(
+        self, items: str | Iterable[str], sort: bool = False, batch_size: int = 512, label: str | None = None
+    ) -> list[dict[str, Any]]:
         """For each string: item, logprob (nats), nll_per_token, char_logprobs. `sort`: most plausible first.
-        A bare string is one item (a list of one result), not a list of characters."""
+        A bare string is one item (a list of one result), not a list of characters. `label`: given that label (or
+        blend); a labelled run scores p(item) = sum_k p(k) p(item | k) without one."""
+        if label is not None:
+            return self.under_label(label).score(items, sort, batch_size)
         items = [items] if isinstance(items, str) else list(items)
         results = score_items(self.model, self.vocab, items, batch_size)
         if sort:

@@ -10,11 +10,14 @@ from collections.abc import Callable
 
 from makemore.cli import mix as mix_cli
 from makemore.cli import plot as plot_cli
+from makemore.cli.classify import cmd_classify
 from makemore.cli.common import EXIT_USAGE, exit_on_signals, quiet_broken_pipe
 from makemore.cli.datasets import cmd_datasets
+from makemore.cli.export import cmd_export
 from makemore.cli.generate import cmd_eval, cmd_sample, cmd_score
 from makemore.cli.info import cmd_info
 from makemore.cli.lr_find import cmd_lr_find
+from makemore.cli.serve import cmd_serve
 from makemore.cli.train import cmd_train
 from makemore.errors import MakemoreError
 from makemore.models import MODELS
@@ -28,8 +31,11 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "datasets": (cmd_datasets, "list the built-in datasets"),
     "plot": (plot_cli.cmd_plot, "pictures: loss curves, bigram heatmap, embeddings, activations, attention"),
     "lr-find": (cmd_lr_find, "learning-rate range test: loss against lr, and a suggested lr"),
+    "export": (cmd_export, "a run as files that need no PyTorch: numpy, onnx or one html page"),
     "export-embeddings": (plot_cli.cmd_export_embeddings, "write a run's character embeddings as CSV or .npy"),
     "mix": (mix_cli.cmd_mix, "interpolate trained runs, weights fitted on val (a new run)"),
+    "classify": (cmd_classify, "the most probable label of items under a labelled run (p(label | item))"),
+    "serve": (cmd_serve, "a local web page and JSON API: generate, score, train, inspect, compare"),
 }
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from makemore.cli.classify import add_label_sample_flags, format_label_report
 from makemore.cli.common import Parser, emit, format_items
 from makemore.data.lines import Vocab, read_text
 from makemore.errors import MakemoreError
@@ -141,6 +142,7 @@ def build_sample_parser() -> Parser:
         "nearest item of any split (train, val, test) and its edit distance (default: plain)",
     )
     output.add_argument("-o", "--out", metavar="FILE", help="write the items to FILE (atomically) instead of stdout")
+    add_label_sample_flags(parser.add_argument_group("labels (runs trained with --labelled)"))
     stream = parser.add_argument_group("stream-mode runs")
     stream.add_argument("--prompt", default="", help="stream-mode runs: the text to continue (default: a new line)")
     stream.add_argument("--length", type=int, default=500, help="stream-mode runs: characters to draw (default: 500)")
@@ -271,6 +273,8 @@ def cmd_sample(argv: list[str]) -> int:
         max_attempts=args.max_attempts,
         particles=args.particles,
         conditioning=args.conditioning,
+        label=args.label,
+        blend=args.blend,
         nearest=args.format == "jsonl",
         logprobs=args.format != "plain",
     )
@@ -333,8 +337,17 @@ def cmd_eval(argv: list[str]) -> int:
     if args.batch_size < 1:
         raise MakemoreError("--batch-size must be >= 1")
     run = Run.load(args.run, args.device)
-    results = run.evaluate(args.split, args.input, args.batch_size, args.stride)
-    sys.stdout.write(format_eval(results, args.format))
+    if not run.labels:
+        sys.stdout.write(format_eval(run.evaluate(args.split, args.input, args.batch_size, args.stride), args.format))
+        return 0
+    # a labelled run: the NLL of p(item) = sum_k p(k) p(item | k) (not with -i: a labelled file has tabs), then
+    # per label, given the true label, with the classification accuracy and confusion matrix
+    results = {} if args.input else run.evaluate(args.split, None, args.batch_size, args.stride)
+    reports = run.evaluate_labels(args.split, args.input)
+    if args.format == "json":
+        sys.stdout.write(json.dumps({"splits": json.loads(format_eval(results, "json")), "labels": reports}) + "\n")
+    else:
+        sys.stdout.write(format_eval(results, "text") + format_label_report(reports))
     return 0
 
 
@@ -394,6 +407,7 @@ def cmd_score(argv: list[str]) -> int:
     parser.add_argument("--batch-size", type=int, default=512, help="items per forward pass (default: 512)")
     parser.add_argument("-o", "--out", metavar="FILE", help="write to FILE (atomically) instead of stdout")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--label", help="labelled runs: score given this label (or a blend like a=0.7,b=0.3)")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         raise MakemoreError("--batch-size must be >= 1")
@@ -422,7 +436,7 @@ def cmd_score(argv: list[str]) -> int:
             )
     if skipped:
         print(f"makemore score: skipped {skipped} items with characters not in the model's vocabulary", file=sys.stderr)
-    results = run.score(items, batch_size=args.batch_size) if items else []
+    results = run.score(items, batch_size=args.batch_size, label=args.label) if items else []
     if args.sort == "nll":
         results.sort(key=lambda r: r["nll_per_token"], reverse=args.reverse)
     elif args.sort == "logprob":

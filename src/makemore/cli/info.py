@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from makemore.cli.common import Parser
+from makemore.data.labels import describe_counts
 
 
 def cmd_info(argv: list[str]) -> int:
@@ -36,7 +37,9 @@ def format_info(info: dict[str, Any]) -> str:
     if "order" in info:
         rows.append(("order", _order(info)))
     rows += _data_rows(info["data"])
-    if "mix" in info:
+    if "auto" in info:
+        rows += _auto_rows(info["auto"])
+    elif "mix" in info:
         rows += _mix_rows(info["mix"])
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
@@ -49,6 +52,9 @@ def _size(info: dict[str, Any]) -> str:
 
 
 def _trained(info: dict[str, Any]) -> str:
+    if "auto" in info:
+        done, planned = len(info["auto"]["members"]), len(info["auto"]["planned"])
+        return f"--model auto: {done} of {planned} planned members trained, mixed by EM on val"
     if "mix" in info:
         return "mixture weights fitted by EM (each member trained on its own)"
     if info["closed_form"]:
@@ -82,6 +88,8 @@ def _data_rows(data: dict[str, Any]) -> list[tuple[str, str]]:
     if isinstance(sizes, dict):
         unit = "chars" if data.get("mode") == "stream" else "items"
         rows.append(("sizes", ", ".join(f"{name} {count:,}" for name, count in sizes.items()) + f" {unit}"))
+    if isinstance(data.get("labels"), list) and isinstance(data.get("label_counts"), dict):
+        rows.append(("labels", f"{describe_counts(data['label_counts'], data['labels'])}, {data.get('label_mode')}"))
     return rows
 
 
@@ -93,6 +101,18 @@ def _mix_rows(mix: dict[str, Any]) -> list[tuple[str, str]]:
     members = zip(mix.get("members", []), mix.get("weights", []))
     rows = [("mix of" if i == 0 else "", f"{weight:.4f}  {member}") for i, (member, weight) in enumerate(members)]
     return rows + [("fitted on", str(mix.get("fitted_on", "val")))]
+
+
+def _auto_rows(auto: dict[str, Any]) -> list[tuple[str, str]]:
+    """--model auto: each member (a run in RUN/parts) with its val NLL, mixture weight and training time."""
+    rows = []
+    for i, member in enumerate(auto.get("members", [])):
+        weight = member.get("weight", 0.0)
+        note = "  (adds nothing)" if weight < 0.005 else ""
+        value = f"{member['name']:<14} val {member['val_nll']:.4f}  weight {weight:.3f}  {member['elapsed']:.0f} s"
+        value += note
+        rows.append(("members" if i == 0 else "", value))
+    return rows
 
 
 __all__ = ["cmd_info", "format_info"]

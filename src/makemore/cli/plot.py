@@ -112,6 +112,11 @@ def cmd_plot(argv: list[str]) -> int:
     p.add_argument("run", metavar="RUN")
     _add_output_flags(p, "RUN/plots/embeddings.<format>")
 
+    p = sub.add_parser("confusion", help="a labelled run's classifier: confusion matrix on a split (true vs predicted)")
+    p.add_argument("run", metavar="RUN")
+    p.add_argument("--split", default="val", choices=("train", "val", "test"), help="which split (default: val)")
+    _add_output_flags(p, "RUN/plots/confusion-<split>.<format>")
+
     p = sub.add_parser("activations", help="activation / gradient / update statistics logged with --diagnostics")
     p.add_argument("run", metavar="RUN")
     _add_output_flags(p, "RUN/plots/activations.<format>")
@@ -126,6 +131,7 @@ def cmd_plot(argv: list[str]) -> int:
         "loss": plot_loss_command,
         "bigram": plot_bigram_command,
         "embeddings": plot_embeddings_command,
+        "confusion": plot_confusion_command,
         "activations": plot_activations_command,
         "attention": plot_attention_command,
     }[args.what](args)
@@ -164,15 +170,32 @@ def plot_bigram_command(args: argparse.Namespace) -> int:
 
 
 def plot_embeddings_command(args: argparse.Namespace) -> int:
+    from makemore.insight.labels import label_embedding_table, label_symbol
     from makemore.insight.plots import embedding_view, plot_embeddings, run_embedding_table, symbol_labels
 
     spec, model = _load(args.run)
     table = run_embedding_table(spec, model).numpy()  # (V, C)
+    symbols = symbol_labels(spec.vocab)
+    labels = label_embedding_table(model, table.shape[1]) if spec.data.get("labels") else None
+    if labels is not None:  # a labelled run's label vectors, in the characters' space
+        table = np.concatenate([table, labels.numpy()])
+        symbols += [label_symbol(name) for name in spec.data["labels"]]
     coords, axis_labels = embedding_view(table)
     how = "raw 2-D embeddings" if table.shape[1] <= 2 else f"PCA of {table.shape[1]}-D embeddings"
     title = f"Character embeddings: {_run_title(args.run, spec.model_name, how)}"
     path, fmt = _output(args, Path(args.run) / "plots" / "embeddings")
-    return _save(plot_embeddings(coords, symbol_labels(spec.vocab), axis_labels, title, args.dpi), path, fmt)
+    return _save(plot_embeddings(coords, symbols, axis_labels, title, args.dpi), path, fmt)
+
+
+def plot_confusion_command(args: argparse.Namespace) -> int:
+    from makemore.api import Run
+    from makemore.insight.labels import plot_confusion
+
+    report = Run.load(args.run).evaluate_labels(args.split)[args.split]
+    detail = f"{args.split}, accuracy {report['accuracy']:.3f}, {report['items']} items"
+    title = f"Confusion: {_run_title(args.run, ckpt.read_run_spec(args.run).model_name, detail)}"
+    path, fmt = _output(args, Path(args.run) / "plots" / f"confusion-{args.split}")
+    return _save(plot_confusion(report["confusion"], report["labels"], title, args.dpi), path, fmt)
 
 
 def plot_activations_command(args: argparse.Namespace) -> int:

@@ -81,6 +81,8 @@ def embedding_view(table: np.ndarray) -> tuple[np.ndarray, list[str]]:
 
 
 def symbol_group(label: str, index: int) -> str:
+    if len(label) > 2 and label.startswith("[") and label.endswith("]"):  # a labelled run's label (insight/labels)
+        return "label"
     if index == BOUNDARY:
         return "boundary"
     if label.lower() in VOWELS:
@@ -94,6 +96,7 @@ def plot_embeddings(coords: np.ndarray, labels: list[str], axis_labels: list[str
     """Each symbol as a labelled disc at its 2-D position, coloured by kind (vowel, consonant, boundary, ...)."""
     groups = [symbol_group(label, i) for i, label in enumerate(labels)]
     palette = {"vowel (a e i o u y)": "C3", "consonant": "C0", "boundary": "C2", "digit": "C4", "other": "C1"}
+    palette["label"] = "C5"
     many = len(labels) > 60
     with style():
         fig = new_figure(9.5, 8.5, dpi)

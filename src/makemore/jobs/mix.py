@@ -17,6 +17,7 @@ import torch
 
 from makemore.data.lines import LineSplit, parse_items, read_text
 from makemore.errors import MakemoreError
+from makemore.jobs.train_labels import labelled_val
 from makemore.models import LanguageModel
 from makemore.models.mix import MEMBERS_DIR, Mix, MixConfig, fit_weights, member_dir, member_log_probs, mixture_nll
 from makemore.runs import checkpoint as ckpt
@@ -45,6 +46,7 @@ def mix_runs(
     val_file: str | Path | None = None,
     em_steps: int = MixConfig().em_steps,
     device: str = "cpu",
+    min_runs: int = 2,
 ) -> dict[str, Any]:
     """Fit mixture weights of `runs` on val (or `val_file`, line-mode runs only) and write the mix run to `out`.
 
@@ -55,7 +57,7 @@ def mix_runs(
 
     if em_steps < 1:
         raise MakemoreError(f"--em-steps must be >= 1, got {em_steps}")
-    if len(runs) < 2:
+    if len(runs) < min_runs:  # `--model auto` writes a mix of one (its n-gram) to be usable at once
         raise MakemoreError("mix needs at least two runs")
     members = _load_members([Path(run) for run in runs], resolve_device(device))
     if members.stream:
@@ -101,7 +103,7 @@ def _line_val(members: Members, val_file: str | Path | None) -> tuple[torch.Tens
             vocab.check(item, f"{val_file}: item")
     if not splits["val"]:
         raise MakemoreError(f"{runs[0]}: no val split to fit the weights on; give --val-file")
-    val = LineSplit(splits["val"], vocab)
+    val = labelled_val(members.specs, runs[0], splits, val_file) or LineSplit(splits["val"], vocab)
     log_probs = member_log_probs(members.models, val.eval_batches(1024))  # (members, tokens)
     return log_probs, dict(members.specs[0].data), splits
 

@@ -22,10 +22,13 @@ from typing import Any
 import torch
 
 from makemore import config as config_mod
+from makemore.data.labels import is_labelled_dataset
 from makemore.data.lines import BUILTIN_DATASETS, DEFAULT_DATASET
 from makemore.errors import MakemoreError
+from makemore.jobs import auto
 from makemore.jobs.lr_find import describe, rounded_suggestion, run_lr_find
 from makemore.jobs.train_data import Data, DataOptions, describe_data, load_data, load_splits, reload_data
+from makemore.jobs.train_labels import write_run_labels
 from makemore.jobs.train_results import finish, nothing_to_do
 from makemore.jobs.train_settings import (
     fitted_settings,
@@ -37,6 +40,7 @@ from makemore.jobs.train_settings import (
     with_flag_names,
 )
 from makemore.models import MODELS, LanguageModel, build_model
+from makemore.models.labels import default_label_mode
 from makemore.runs import checkpoint as ckpt
 from makemore.runs import create as run_dirs
 from makemore.runs.lock import RunLock, remove_stale_temp_files
@@ -48,6 +52,10 @@ from makemore.training.trainer import Trainer
 __all__ = ["train", "load_splits", "model_train_defaults", "default_run_dir"]
 
 MAX_SAMPLES = 100_000
+# Labelled runs average their weights unless told otherwise: the classifier needs calibrated p(item | label), and the
+# averaged GRU kept it whatever the schedule's length (first names by sex, val accuracy: 0.9296 / 0.9255 in 1,550 /
+# 6,000-step schedules with it, 0.9027 / 0.9130 in 3,154 / 6,000 without; benchmarks/results/labels.md)
+LABELLED_EMA = 0.999
 
 
 class Events:
@@ -80,6 +88,8 @@ def train(
     seq_len: int | None = None,
     stateful: bool = False,
     dev_fraction: float = 0.0,
+    labelled: bool = False,
+    label_mode: str | None = None,
     force: bool = False,
     samples: int = 20,
     on_event: Callable[[dict[str, Any]], None] | None = None,
@@ -89,6 +99,8 @@ def train(
     """Train `model` on `input` (a text file or a built-in dataset) into the run directory `out`, or continue the
     run `resume`. `settings`: any training or model setting by name (`lr=3e-3`, `n_embd=64`, `order="auto"`,
     `lr="auto"` for the learning-rate finder); an unknown name is a MakemoreError naming its flag.
+    `labelled=True`: label<TAB>item lines, or a list of files whose stems are their labels (data/labels.py);
+    `label_mode`: add, concat or state (models/labels.py).
 
     Returns: run_dir, model, stopped (max_steps, time_budget, early_stopping, fitted, interrupted), step,
     max_steps, elapsed, best_val, best_step, val (nll, bpc, ppl, tokens; None if interrupted or nothing was done),
@@ -97,22 +109,74 @@ def train(
     line saying so), is_main (False on the other ranks under torchrun, which return no results)."""
     if type(samples) is not int or not 0 <= samples <= MAX_SAMPLES:
         raise MakemoreError(f"--samples must be in 0..{MAX_SAMPLES}, got {samples!r}")
+    dry_run = settings.pop("dry_run", False)
+    labels_given = labelled or label_mode is not None or isinstance(input, (list, tuple))
+    if model == auto.AUTO_MODEL and (labels_given or is_labelled_dataset(str(input))):
+        raise MakemoreError("--labelled: --model auto does not train labelled runs yet; pick a --model")
+    if model == auto.AUTO_MODEL or (resume is not None and auto.is_auto_run(resume)) or dry_run:
+        given = {"input": input, "model": model, "out": out, "resume": resume, "preset": preset, "force": force}
+        given |= {"val_file": val_file, "test_file": test_file, "split": split, "mode": mode, "seq_len": seq_len}
+        given |= {"max_item_len": max_item_len, "stateful": stateful, "dev_fraction": dev_fraction}
+        given |= {"samples": samples}
+        return train_auto(given, dry_run, on_event, should_stop, settings)
     events = Events(on_event)
     if resume is not None:
         given = {"--input": input, "--out": out, "--preset": preset, "--val-file": val_file}
         given |= {"--test-file": test_file, "--split": split, "--seq-len": seq_len}
         given |= {"--stateful": stateful or None, "--dev-fraction": dev_fraction or None, "--force": force or None}
         given |= {"--mode": None if mode == "auto" else mode}
+        given |= {"--labelled": labelled or None, "--label-mode": label_mode}
         extra = [flag for flag, value in given.items() if value is not None]
         if extra:
             raise MakemoreError(f"{', '.join(extra)}: for a fresh run; a resumed run keeps its data and settings")
         return resume_run(Path(resume), model, samples, events, should_stop, settings)
+    inputs, input = ([str(path) for path in input], input[0]) if isinstance(input, (list, tuple)) else (None, input)
     source = DEFAULT_DATASET if input is None else str(input)
     options = DataOptions(source, val_file, test_file, split, max_item_len, mode, seq_len)
     options.stateful, options.dev_fraction = stateful, dev_fraction
+    options.labelled, options.label_mode = labelled, label_mode
+    options.inputs = inputs if len(inputs or []) > 1 else None  # several -i: one file per label
     name = trainable_model_name(model)
     run_dir = Path(out) if out is not None else default_run_dir(options.input, name)
     return new_run(options, name, run_dir, preset, force, samples, events, should_stop, settings)
+
+
+def train_auto(
+    given: dict[str, Any],
+    dry_run: bool,
+    on_event: Callable[[dict[str, Any]], None] | None,
+    should_stop: Callable[[], bool] | None,
+    settings: dict[str, Any],
+) -> dict[str, Any]:
+    """`model="auto"` (and the resume of such a run): the plan of jobs/auto.py, whose members are trained by this
+    module's `train`."""
+    if given["model"] not in (None, auto.AUTO_MODEL):
+        raise MakemoreError(f"--dry-run shows the plan of --model auto, not of --model {given['model']}")
+    if given["resume"] is not None:
+        if given["input"] is not None or given["out"] is not None:
+            raise MakemoreError("--input, --out: for a fresh run; a resumed run keeps its data and settings")
+        if settings:
+            raise MakemoreError(f"{', '.join(settings)}: a resumed --model auto run keeps its plan and settings")
+        return auto.train_auto(train, DataOptions(), None, resume=Path(given["resume"]), samples=given["samples"],
+                               on_event=on_event, should_stop=should_stop)  # fmt: skip
+    chosen = {"--seq-len": given["seq_len"], "--stateful": given["stateful"] or None, "--preset": given["preset"]}
+    chosen |= {"--dev-fraction": given["dev_fraction"] or None}
+    if any(value is not None for value in chosen.values()):
+        flags = ", ".join(flag for flag, value in chosen.items() if value is not None)
+        raise MakemoreError(f"{flags}: --model auto chooses the models' settings; pick a --model to set them")
+    input = given["input"]
+    if isinstance(input, (list, tuple)):  # -i may be repeated (one file per label); auto takes one file
+        if len(input) > 1:
+            raise MakemoreError("--model auto trains on one file (-i FILE); several -i are for --labelled runs")
+        input = input[0]
+    source = DEFAULT_DATASET if input is None else str(input)
+    options = DataOptions(source, given["val_file"], given["test_file"], given["split"], given["max_item_len"],
+                          given["mode"])  # fmt: skip
+    out = Path(given["out"]) if given["out"] is not None else None
+    return auto.train_auto(
+        train, options, out, force=given["force"], dry_run=dry_run, samples=given["samples"], on_event=on_event,
+        should_stop=should_stop, settings=settings,
+    )  # fmt: skip
 
 
 def default_run_dir(input: str, model_name: str) -> Path:
@@ -140,11 +204,14 @@ def new_run(
     with torch_threads(train_config.threads):
         data = load_data(options, model_config, train_config.seed)
         torch.manual_seed(train_config.seed)
-        model = build(model_name, model_config, data.vocab.size)
+        model = build(model_name, model_config, data.vocab.size, data.info)
         splits = data.splits(model, str(run_dir / ckpt.RUN_FILE))
         if data.stream and data.info["stateful"] and not model.carries_state:
             raise MakemoreError(f"--stateful: {model_name} does not carry state between windows; drop --stateful")
         announce(events, data, splits, model_name, model_config, model)
+        if data.labels and model.trainable and "ema" not in settings and not train_config.ema:
+            train_config = config_mod.replace(train_config, ema=LABELLED_EMA)
+            events.info(f"--labelled: weights averaged (--ema {LABELLED_EMA}; give --ema 0 to turn it off)")
         if lr_auto:  # a fresh model of the same kind sweeps the lr on the train split; this one stays untouched
             train_config = auto_lr(events, model_name, model_config, data, splits["train"], train_config)
         spec = ckpt.RunSpec(model_name, model_config, config_mod.to_dict(train_config), data.vocab, data.info)
@@ -153,9 +220,13 @@ def new_run(
         return fit_count_model(model, data, splits, spec, train_config, run_dir, force, samples, events)
 
 
-def build(model_name: str, model_config: Any, vocab_size: int) -> LanguageModel:
+def build(model_name: str, model_config: Any, vocab_size: int, data_info: dict | None = None) -> LanguageModel:
+    labels = (data_info or {}).get("labels", [])
+    if labels and data_info.get("label_mode") is None:  # a new labelled run: the family's default, recorded
+        data_info["label_mode"] = default_label_mode(model_name)
+    mode = (data_info or {}).get("label_mode", "add")
     try:
-        return build_model(model_name, model_config, vocab_size)
+        return build_model(model_name, model_config, vocab_size, n_labels=len(labels), label_mode=mode)
     except ValueError as error:
         message = with_flag_names(str(error), MODELS[model_name].config_class)
         raise MakemoreError(f"--model {model_name}: {message}") from None
@@ -174,6 +245,8 @@ def auto_lr(
     events: Events, model_name: str, model_config: Any, data: Data, train_split: Any, train_config: TrainConfig
 ) -> TrainConfig:
     """lr="auto": the learning-rate finder's suggestion, swept with the run's own training settings."""
+    if data.labels:
+        raise MakemoreError("--lr auto: the learning-rate finder does not take --labelled data; give --lr")
     result = run_lr_find(model_name, model_config, data.vocab, train_split, train_config)
     lr = rounded_suggestion(result)
     events.info(describe(result))
@@ -185,6 +258,7 @@ def write_new_run(work: Path, data: Data, run_json: dict[str, Any], weights: dic
     """A run's files in `work`, run.json last (what marks a run complete)."""
     if not data.stream:  # a stream run records the file's path, sha256 and offsets instead of a copy
         ckpt.write_split_items(work, data.items)
+        write_run_labels(work, data.labels)
     if weights is not None:
         ckpt.save_tensors(work / ckpt.WEIGHTS_FILE, weights)
     ckpt.write_json(work / ckpt.RUN_FILE, run_json)
@@ -327,7 +401,7 @@ def continue_training(
 ) -> dict[str, Any]:
     data = reload_data(run_dir, spec)
     torch.manual_seed(config.seed)
-    model = build(spec.model_name, spec.model_config, spec.vocab.size)
+    model = build(spec.model_name, spec.model_config, spec.vocab.size, spec.data)
     splits = data.splits(model, str(run_dir / ckpt.RUN_FILE))
     announce(events, data, splits, spec.model_name, spec.model_config, model)
     trainer = Trainer(model, splits, config, run_dir, on_event=events, should_stop=should_stop)

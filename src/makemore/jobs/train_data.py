@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from makemore.data.corpus import MODES, Corpus, detect_mode, open_stream_corpus, read_corpus, split_offsets
+from makemore.data.labels import LabelledSplit, describe_counts, is_labelled_dataset
 from makemore.data.lines import (
     BUILTIN_DATASETS,
     DEFAULT_DATASET,
@@ -25,6 +26,7 @@ from makemore.data.lines import (
 )
 from makemore.data.stream import DEFAULT_WINDOW, stream_splits
 from makemore.errors import MakemoreError
+from makemore.jobs.train_labels import load_labelled_data, read_run_labels
 from makemore.models import LanguageModel
 from makemore.runs import checkpoint as ckpt
 
@@ -45,6 +47,9 @@ class DataOptions:
     seq_len: int | None = None
     stateful: bool = False
     dev_fraction: float = 0.0
+    labelled: bool = False  # label<TAB>item lines, or one file per label (`inputs`); see data/labels.py
+    inputs: list[str] | None = None  # several -i files (--labelled: each file's stem is its label)
+    label_mode: str | None = None  # --label-mode (None: the model family's default)
 
     def check(self) -> None:
         if self.mode not in MODES:
@@ -64,6 +69,7 @@ class Data:
     vocab: Vocab
     items: dict[str, list[str]] = field(default_factory=dict)  # line mode
     corpus: Corpus | None = None  # stream mode
+    labels: dict[str, list[str]] = field(default_factory=dict)  # a labelled run: the label of each item
 
     @property
     def stream(self) -> bool:
@@ -73,6 +79,12 @@ class Data:
         """The splits as the trainer takes them (tensors of items, or windows of the text)."""
         if self.corpus is not None:
             return stream_splits(self.corpus, self.info, model, where=where)
+        if self.labels:
+            index = {label: i for i, label in enumerate(self.info["labels"])}
+            return {
+                name: LabelledSplit(items, [index[label] for label in self.labels[name]], self.vocab)
+                for name, items in self.items.items()
+            }
         return {name: LineSplit(items, self.vocab) for name, items in self.items.items()}
 
 
@@ -82,6 +94,11 @@ class Data:
 def load_data(options: DataOptions, model_config: Any, seed: int) -> Data:
     """Read and cut the data of a new run."""
     options.check()
+    if options.labelled or options.inputs or is_labelled_dataset(options.input):
+        info, vocab, items, labels = load_labelled_data(options, seed)
+        return Data(info, vocab, items=items, labels=labels)
+    if options.label_mode is not None:
+        raise MakemoreError("--label-mode is for labelled data: add --labelled")
     mode, why = resolve_mode(options)
     if mode == "stream":
         corpus, info = load_stream(options, model_config, why)
@@ -200,7 +217,8 @@ def reload_data(run_dir: Path, spec: ckpt.RunSpec) -> Data:
     items = {name: ckpt.read_split_items(run_dir, name) for name in ("train", "val", "test")}
     if not items["train"]:
         raise MakemoreError(f"{run_dir}: train.txt is missing or empty; cannot resume")
-    return Data(spec.data, spec.vocab, items=items)
+    labels = read_run_labels(run_dir, spec, items) if spec.data.get("labels") else {}
+    return Data(spec.data, spec.vocab, items=items, labels=labels)
 
 
 # --------------------------------------------------------------------------------------------------- summaries
@@ -211,7 +229,10 @@ def describe_data(data: Data, splits: dict[str, Any]) -> list[str]:
     info, vocab = data.info, data.vocab
     if not data.stream:
         sizes = ", ".join(f"{name} {len(items)}" for name, items in data.items.items())
-        return [f"data: {info['source']} ({sizes} items; vocabulary {vocab.size} symbols incl. boundary)"]
+        lines = [f"data: {info['source']} ({sizes} items; vocabulary {vocab.size} symbols incl. boundary)"]
+        if data.labels:
+            lines.append(f"  labels: {describe_counts(info['label_counts'], info['labels'])}")
+        return lines
     sizes = ", ".join(f"{name} {len(split):,}" for name, split in splits.items() if len(split))
     batches = "random windows"
     if info["stateful"]:

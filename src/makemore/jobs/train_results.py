@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from makemore.generation.classify import conditioned
 from makemore.generation.sample import DecodeOptions, generate
 from makemore.generation.stream import stream_text
 from makemore.models import MODELS, LanguageModel
@@ -66,7 +67,8 @@ def finish(
         ckpt.atomic_write(run_dir / "samples.txt", (text + "\n").encode("utf-8"))
         out["sample_text"] = text
     elif samples:
-        items = draw_items(best, spec, data.items, samples, trainer.config.seed)
+        # a labelled run samples from p(item) = sum_k p(k) p(item | k)
+        items = draw_items(conditioned(best, spec.data), spec, data.items, samples, trainer.config.seed)
         ckpt.atomic_write(run_dir / "samples.txt", "".join(item + "\n" for item in items).encode("utf-8"))
         train, held_out = set(data.items["train"]), set(data.items["val"]) | set(data.items["test"])
         out["samples"] = [{"item": item, "status": status(item, train, held_out)} for item in items]

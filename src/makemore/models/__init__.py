@@ -12,6 +12,7 @@ from makemore.models.bigram import Bigram, BigramConfig
 from makemore.models.mix import Mix, MixConfig
 from makemore.models.mlp import MLP, MLPConfig
 from makemore.models.ngram import NGram, NGramConfig
+from makemore.models.ngram_labels import LabelledNGram
 from makemore.models.rnn import GRU, LSTM, RNN, GRUConfig, LSTMConfig, RNNConfig
 from makemore.models.transformer import Transformer, TransformerConfig
 from makemore.models.wavenet import WaveNet, WaveNetConfig
@@ -147,13 +148,23 @@ DEFAULT_MODEL = "mlp"
 
 
 def build_model(
-    name: str, config: Any, vocab_size: int, load_member: Callable[[int], LanguageModel] | None = None
+    name: str,
+    config: Any,
+    vocab_size: int,
+    load_member: Callable[[int], LanguageModel] | None = None,
+    n_labels: int = 0,
+    label_mode: str = "add",
 ) -> LanguageModel:
     """Build a model. An absurd size (from a flag or a downloaded run.json) raises ValueError before the memory is
     allocated: the build runs under an allocation budget (see limits.py). A model made of other models (a mix) gets
-    them from `load_member(i)`, which the caller supplies: models never read run directories themselves."""
+    them from `load_member(i)`, which the caller supplies: models never read run directories themselves.
+    `n_labels` > 0: the model conditioned on a label (models/labels.py); 0 builds exactly the unlabelled model."""
     model_class = MODELS[name].model_class
     with allocation_budget():
+        if n_labels and model_class is NGram:  # counts per label, interpolated with the shared counts
+            return LabelledNGram(config, vocab_size, n_labels)
         if load_member is not None:
-            return model_class.from_members(config, vocab_size, load_member)
-        return model_class(config, vocab_size)
+            model = model_class.from_members(config, vocab_size, load_member)
+        else:
+            model = model_class(config, vocab_size)
+        return model.add_labels(n_labels, label_mode) if n_labels else model

@@ -133,6 +133,20 @@ class LanguageModel(nn.Module):
         """How many past tokens the next prediction can depend on (None: unbounded)."""
         return None
 
+    # ----- labels (models/labels.py): a labelled run's items start with a label token, id vocab_size + label
+    n_labels: int = 0
+    label_mode: str = ""
+
+    def add_labels(self, n_labels: int, mode: str) -> LanguageModel:
+        """This model conditioned on one of `n_labels` labels (`mode`: add, concat or state); the label layers
+        are made after every other parameter, so the rest of the initialisation is the unlabelled model's."""
+        self.n_labels, self.label_mode = n_labels, mode
+        self.make_label_layers(n_labels, mode)
+        return self
+
+    def make_label_layers(self, n_labels: int, mode: str) -> None:
+        raise ValueError(f"{type(self).__name__} does not take labels")
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         raise NotImplementedError
 

@@ -149,6 +149,9 @@ class Mix(LanguageModel):
     def init_state(self, batch_size: int) -> list[Any]:
         return [member.init_state(batch_size) for member in self.members]
 
+    def make_label_layers(self, n_labels: int, mode: str) -> None:
+        pass  # a mix of labelled runs: its members read the label token themselves
+
     def step(self, idx: torch.Tensor, state: list[Any]) -> tuple[torch.Tensor, list[Any]]:
         if not len(self.members):
             return torch.zeros(idx.size(0), self.vocab_size, device=idx.device), state

@@ -13,6 +13,7 @@ from torch import nn
 
 from makemore.config import check, field
 from makemore.models.base import LanguageModel, masked_batch_norm, sequence_nll, small_output_layer
+from makemore.models.labels import LabelTable, take_labels
 from makemore.models.ngram import context_windows
 
 
@@ -53,10 +54,31 @@ class MLP(LanguageModel):
     def context_size(self) -> int:
         return self.config.block_size
 
+    def make_label_layers(self, n_labels: int, mode: str) -> None:
+        c = self.config
+        self.label_emb = LabelTable(n_labels, c.n_embd)
+        if mode == "concat":  # the first hidden layer reads [context embeddings; label]
+            self.hidden[0] = nn.Linear((c.block_size + 1) * c.n_embd, c.n_hidden, bias=not c.batch_norm)
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         B, T = idx.shape
+        labels = None
+        if self.n_labels:
+            idx, labels = take_labels(idx, self.vocab_size)
         windows = context_windows(idx, self.config.block_size)  # (B, T, block_size)
-        h = self.wte(windows).view(B, T, -1)  # (B, T, block_size * n_embd)
+        h = self.wte(windows)  # (B, T, block_size, n_embd)
+        if labels is not None:
+            vector = self.label_emb(labels)[:, None, None, :]  # (B, 1, 1, n_embd)
+            if self.label_mode == "add":  # on every character of every context
+                h = h + vector
+            elif self.label_mode == "state":  # on the start symbol only: the contexts that reach back to it
+                k = self.config.block_size  # slot j of position t's window holds position t - k + 1 + j
+                t = torch.arange(T, device=idx.device)[:, None]
+                at_start = (t - k + 1 + torch.arange(k, device=idx.device)) == 0  # (T, k)
+                h = h + vector * at_start[..., None].to(h.dtype)
+            else:
+                h = torch.cat([h, vector.expand(B, T, 1, -1)], dim=2)
+        h = h.view(B, T, -1)  # (B, T, block_size * n_embd)
         for i, layer in enumerate(self.hidden):
             h = layer(h)  # (B, T, n_hidden)
             if self.norms is not None:

@@ -19,6 +19,7 @@ from torch import nn
 
 from makemore.config import check, field
 from makemore.models.base import Dropout, LanguageModel, sequence_nll
+from makemore.models.labels import LabelTable, take_labels
 
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # h (n_layer, B, H); the LSTM also carries its cell c
 
@@ -90,13 +91,45 @@ class Recurrent(LanguageModel):
         h = self.h0.expand(-1, batch_size, -1).contiguous()  # (n_layer, B, H)
         return h if self.c0 is None else (h, self.c0.expand(-1, batch_size, -1).contiguous())
 
-    def _run(self, idx: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        x = self.drop(self.wte(idx))  # (B, T, n_embd)
+    def make_label_layers(self, n_labels: int, mode: str) -> None:
+        c = self.config
+        if mode == "state":  # one learned initial state per label (and cell, for the LSTM), on top of h0
+            self.label_h0 = LabelTable(n_labels, c.n_layer * c.n_hidden, std=0.1)
+            self.label_c0 = LabelTable(n_labels, c.n_layer * c.n_hidden, std=0.1) if self.c0 is not None else None
+            return
+        self.label_emb = LabelTable(n_labels, c.n_embd)
+        if mode == "concat":  # the first layer reads [character; label]
+            dropout = c.dropout if c.n_layer > 1 else 0.0
+            self.rnn = self.cell(2 * c.n_embd, c.n_hidden, num_layers=c.n_layer, dropout=dropout, batch_first=True)
+
+    def _labelled_start(self, idx: torch.Tensor) -> tuple[torch.Tensor, State]:
+        """A labelled model's input embeddings (B, T, C) and initial state (see models/labels.py)."""
+        idx, labels = take_labels(idx, self.vocab_size)
+        x, state = self.wte(idx), self.init_state(idx.size(0))
+        if self.label_mode == "state":
+            if self.c0 is None:
+                return x, self._label_start(self.label_h0, labels, state)
+            h, c = state
+            return x, (self._label_start(self.label_h0, labels, h), self._label_start(self.label_c0, labels, c))
+        vector = self.label_emb(labels)[:, None, :].expand_as(x)  # (B, T, C)
+        return (x + vector if self.label_mode == "add" else torch.cat([x, vector], dim=-1)), state
+
+    @staticmethod
+    def _label_start(table: LabelTable, labels: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """s (n_layer, B, H) plus each row's label vector, read as (n_layer, H)."""
+        return s + table(labels).view(len(labels), *s.shape[::2]).transpose(0, 1)
+
+    def _run(self, idx: torch.Tensor, state: State, x: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
+        x = self.drop(self.wte(idx) if x is None else x)  # (B, T, n_embd)
         out, state = self.rnn(x, state)  # (B, T, H)
         return self.lm_head(self.drop(out)), state  # (B, T, V)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        logits, _ = self._run(idx, self.init_state(idx.size(0)))
+        if self.n_labels:
+            x, state = self._labelled_start(idx)
+            logits, _ = self._run(idx, state, x)
+        else:
+            logits, _ = self._run(idx, self.init_state(idx.size(0)))
         loss = sequence_nll(logits, targets) if targets is not None else None
         return logits, loss
 

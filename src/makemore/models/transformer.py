@@ -28,6 +28,7 @@ from torch import nn
 from makemore.config import check, field
 from makemore.data.lines import BOUNDARY
 from makemore.models.base import Dropout, LanguageModel, segment_starts, sequence_nll
+from makemore.models.labels import LabelTable, check_mode, take_item_labels
 
 
 @dataclass
@@ -184,13 +185,21 @@ class Transformer(LanguageModel):
     def rows_independent(self) -> bool:
         return self.config.attn_dropout == 0  # attention dropout draws from torch's global generator
 
-    def _run(self, idx: torch.Tensor, state: DecodeState | None = None) -> torch.Tensor:
+    def make_label_layers(self, n_labels: int, mode: str) -> None:
+        check_mode("transformer", mode, ("add", "state"))
+        self.label_emb = LabelTable(n_labels, self.config.n_embd, std=0.02)  # the scale of GPT-2's embeddings
+
+    def _run(
+        self, idx: torch.Tensor, state: DecodeState | None = None, label: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Tokens idx (B, T) read from position 0, no item longer than block_size -> logits (B, T, V). With a
-        state (t = 0), every layer's keys and values are also written into its cache."""
+        state (t = 0), every layer's keys and values are also written into its cache. `label` (B, T, C): a labelled
+        model's label vectors, added to the inputs."""
         starts = segment_starts(idx)  # (B, T)
         positions = torch.arange(idx.size(1), device=idx.device) - starts  # positions restart at each boundary
         mask = visible_keys(starts)  # (B, 1, T, T)
-        return self._decode(self.wte(idx) + self.wpe(positions), mask, state)
+        x = self.wte(idx) + self.wpe(positions)
+        return self._decode(x if label is None else x + label, mask, state)
 
     def _decode(self, x: torch.Tensor, mask: torch.Tensor, state: DecodeState | None) -> torch.Tensor:
         """Token + position embeddings x (B, T, C) -> logits (B, T, V), through every block."""
@@ -204,12 +213,22 @@ class Transformer(LanguageModel):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T = idx.shape
         bs = self.config.block_size
+        label = None
+        if self.n_labels:  # each item's label vector at its every position (add) or at its start (state)
+            idx, labels, at_start = take_item_labels(idx, self.vocab_size)
+            label = self.label_emb(labels)  # (B, T, n_embd)
+            if self.label_mode == "state":
+                label = label * at_start[..., None].to(label.dtype)
         # packed rows wider than block_size whose items all fit it (positions restart at boundaries): one pass
         whole = T > bs and int((torch.arange(T, device=idx.device) - segment_starts(idx)).max()) < bs
-        logits = self._run(idx if whole else idx[:, :bs])  # (B, T or min(T, bs), V)
+        logits = self._run(idx if whole else idx[:, :bs], label=label if whole or label is None else label[:, :bs])
         if T > bs and not whole:  # sliding window: position t sees tokens t - bs + 1 .. t, read from position 0
             windows = idx.unfold(1, bs, 1)[:, 1:].reshape(-1, bs)  # (B * (T - bs), bs)
-            late = [self._run(chunk)[:, -1] for chunk in windows.split(4096)]  # bounded memory per chunk
+            if label is None:
+                late = [self._run(chunk)[:, -1] for chunk in windows.split(4096)]  # bounded memory per chunk
+            else:  # the label vectors of the same windows
+                vectors = label.unfold(1, bs, 1)[:, 1:].permute(0, 1, 3, 2).reshape(-1, bs, label.size(-1))
+                late = [self._run(c, label=v)[:, -1] for c, v in zip(windows.split(4096), vectors.split(4096))]
             logits = torch.cat([logits, torch.cat(late).view(B, T - bs, -1)], dim=1)  # (B, T, V)
         loss = sequence_nll(logits, targets) if targets is not None else None
         return logits, loss

@@ -29,6 +29,7 @@ from torch import nn
 from makemore.config import check, field
 from makemore.data.lines import BOUNDARY, IGNORE
 from makemore.models.base import Dropout, LanguageModel, segment_starts, sequence_nll, small_output_layer
+from makemore.models.labels import LabelTable, check_mode, take_item_labels
 
 
 @dataclass
@@ -97,13 +98,25 @@ class WaveNet(LanguageModel):
             h = batch_norm(norm, h, real) if isinstance(norm, nn.BatchNorm1d) else norm(h)
         return self.drop(torch.tanh(h))
 
+    def make_label_layers(self, n_labels: int, mode: str) -> None:
+        check_mode("wavenet", mode, ("add", "state"))
+        self.label_emb = LabelTable(n_labels, self.config.n_embd)
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         B, T = idx.shape
+        vectors = None
+        if self.n_labels:  # each item's label vector at its every input (add) or at its start symbol (state)
+            idx, labels, at_start = take_item_labels(idx, self.vocab_size)
+            vectors = self.label_emb(labels)  # (B, T, n_embd)
+            if self.label_mode == "state":
+                vectors = vectors * at_start[..., None].to(vectors.dtype)
         idx = F.pad(idx, (1, 0), value=BOUNDARY)  # (B, 1 + T): column 0 is "before the start"
         starts = segment_starts(idx)  # (B, 1 + T): where each position's item starts
         t = torch.arange(T + 1, device=idx.device)
         real = F.pad(targets != IGNORE, (1, 0), value=False) if targets is not None else None  # (B, 1 + T)
         h = self.wte(idx)  # (B, 1 + T, n_embd)
+        if vectors is not None:
+            h = h + F.pad(vectors, (0, 0, 1, 0))  # column 0 ("before the start") has no label
         for layer in range(self.config.n_layer):
             d = self.dilation(layer)
             before_start = h[:, :1]  # (B, 1, C)

@@ -228,6 +228,9 @@ def parse_run_spec(obj: Any, where: str) -> RunSpec:
     max_len = data.get("max_len")
     if max_len is not None and (type(max_len) is not int or not 1 <= max_len <= 1 << 20):
         raise MakemoreError(f"{where}: data.max_len must be an integer in 1..{1 << 20}, got {max_len!r}")
+    labels = data.get("labels")
+    if labels is not None and not (isinstance(labels, list) and labels and all(isinstance(x, str) for x in labels)):
+        raise MakemoreError(f"{where}: data.labels must be a non-empty list of label names")
     return RunSpec(name, model_config, train_config, Vocab(chars), data)
 
 
@@ -284,8 +287,10 @@ def build_from_spec(spec: RunSpec, where: str = "run", run_dir: str | Path | Non
             raise ValueError(f"member {index} has {member.vocab.size} symbols, the mix {spec.vocab.size}")
         return build_from_spec(member, str(place), place)
 
+    labels, mode = spec.data.get("labels") or [], spec.data.get("label_mode") or "add"
     try:
-        return build_model(spec.model_name, spec.model_config, spec.vocab.size, load_member if run_dir else None)
+        member_loader = load_member if run_dir else None
+        return build_model(spec.model_name, spec.model_config, spec.vocab.size, member_loader, len(labels), mode)
     except (ValueError, RuntimeError) as error:
         raise MakemoreError(f"{where}: cannot build the model ({error})") from None
 

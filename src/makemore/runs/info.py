@@ -30,6 +30,7 @@ from makemore.runs.checkpoint import (
 )
 
 DATA_KEYS = ("source", "builtin", "sha256", "mode", "mode_reason", "sizes", "chars", "split", "seed", "window")
+DATA_KEYS += ("labels", "label_counts", "label_mode")  # labelled runs
 
 
 def describe_run(run_dir: str | Path) -> dict[str, Any]:
@@ -63,6 +64,8 @@ def describe_run(run_dir: str | Path) -> dict[str, Any]:
         info["fitted"] = fitted
     if "order" in info["model_config"]:
         info["order"] = _order(fitted, info["model_config"], model)
+    if isinstance(spec.data.get("auto"), dict):
+        info["auto"] = spec.data["auto"]  # --model auto: the plan's members, their val NLL, weights and time
     if isinstance(spec.data.get("mix"), dict):
         info["mix"] = spec.data["mix"]
         if info["best_val_loss"] is None and isinstance(info["mix"].get("val_nll"), float):

@@ -1,0 +1,96 @@
+"""`--model auto` against its targets: the whole command's wall time, val and test NLL, and the Kneser-Ney n-gram's
+val NLL on the same split (the plan's first member), for each case asked.
+
+    python benchmarks/auto_targets.py default names-120 names-600      # the cases by name (see CASES)
+    python benchmarks/auto_targets.py names-1800 --markdown benchmarks/results/auto.md
+
+Runs the real CLI (`makemore train`, `makemore eval --format json`) in subprocesses, one case after another, so
+what it measures is what a user gets; run it on a quiet machine (the budget is wall time). Not run by CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+NAMES = ["-i", str(DATA / "names-train.txt"), "--val-file", str(DATA / "names-val.txt")]
+NAMES += ["--test-file", str(DATA / "names-test.txt")]
+CASES = {
+    "default": ([], None),  # `makemore train`: the built-in first names, its default budget
+    "names-120": (NAMES, 120),
+    "names-600": (NAMES, 600),
+    "names-1800": (NAMES, 1800),
+    "surnames-600": (["-i", "surnames"], 600),
+    "shakespeare-600": (["-i", str(DATA / "tinyshakespeare.txt")], 600),
+    "shakespeare-1800": (["-i", str(DATA / "tinyshakespeare.txt")], 1800),
+}
+
+
+def makemore(*args: str) -> str:
+    result = subprocess.run([sys.executable, "-m", "makemore", *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"makemore {' '.join(args)} failed:\n{result.stderr[-2000:]}")
+    return result.stdout
+
+
+def nll(run: Path, split: str) -> float | None:
+    metrics = json.loads(makemore("eval", str(run), "--split", split, "--format", "json"))
+    return metrics[split]["nll"] if split in metrics else None
+
+
+def run_case(name: str, root: Path) -> dict:
+    args, budget = CASES[name]
+    out = root / name
+    command = ["train", *args, "--out", str(out), "--samples", "0"]
+    if budget is not None:
+        command += ["--time-budget", str(budget)]
+    started = time.perf_counter()
+    makemore(*command)
+    wall = time.perf_counter() - started
+    state = json.loads((out / "auto.json").read_text())
+    members = {name: round(member["val_nll"], 4) for name, member in state["done"].items()}
+    weights = {name: round(member.get("weight", 0.0), 3) for name, member in state["done"].items()}
+    kn = members["1-ngram"]
+    val, test = nll(out, "val"), nll(out, "test")
+    return {
+        "case": name, "budget": budget, "wall_s": round(wall, 1), "val": round(val, 4),
+        "test": None if test is None else round(test, 4), "kn_val": kn, "gain_over_kn": round(kn - val, 4),
+        "members": members, "weights": weights, "slots": state["plan"].get("slots", 1),
+    }  # fmt: skip
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| case | budget | wall | val | test | KN val | gain | members (val) | weights |", "|---" * 9 + "|"]
+    for r in rows:
+        members = ", ".join(f"{k} {v}" for k, v in r["members"].items())
+        weights = ", ".join(f"{v}" for v in r["weights"].values())
+        lines.append(
+            f"| {r['case']} | {r['budget'] or 'default'} | {r['wall_s']} s | {r['val']} | {r['test']} | {r['kn_val']} "
+            f"| {r['gain_over_kn']} | {members} | {weights} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("cases", nargs="+", choices=sorted(CASES))
+    parser.add_argument("--markdown", type=Path, help="append the table to this file")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as root:
+        for case in args.cases:
+            rows.append(run_case(case, Path(root)))
+            print(json.dumps(rows[-1]), flush=True)
+    if args.markdown:
+        with args.markdown.open("a", encoding="utf-8") as handle:
+            handle.write(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,527 @@
+"""A makemore model exported to NumPy: sample and score with NumPy alone (no torch, no makemore).
+
+    import makemore_sampler
+    model = makemore_sampler.load("FOLDER")            # the folder `makemore export --format numpy` wrote
+    model.sample(n=5, temperature=0.8, prefix="ja", seed=1)   # ['jalen', 'jasmin', ...]
+    model.score(["emma", "xqz"])                       # total log-probabilities (natural log, the end included)
+
+    python makemore_sampler.py sample -n 10 --seed 1 --prefix ja     # the same from a shell (FOLDER: --model)
+    python makemore_sampler.py score emma olivia
+
+The folder holds config.json (model family and settings, vocabulary, default maximum length) and weights.npz (the
+run's weights as saved). Every step computes in float64 from the float32 weights, so log-probabilities equal what
+`makemore score` reports to about 1e-6. Decoding is incremental as in makemore: a rolling context (mlp), per-layer
+queues (wavenet), recurrent state (rnn, gru, lstm), a KV cache (transformer), a context lookup (ngram).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+
+import numpy as np
+
+BOUNDARY = 0  # token id of the item boundary: every item is read as BOUNDARY + characters, and ends with BOUNDARY
+
+
+def log_softmax(x):
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def layer_norm(x, w, b, eps=1e-5):
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    y = (x - mean) / np.sqrt(var + eps) * w
+    return y if b is None else y + b
+
+
+def sigmoid(x):
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # no overflow warnings for large |x|
+
+
+class Erf:
+    """erf to ~5e-10 (NumPy has none; PyTorch's GELU is the exact erf form): linear interpolation of math.erf on a
+    grid of step 2**-14 over [-6, 6], beyond which erf is +-1 to double precision. The error bound is
+    h**2 / 8 * max|erf''| < 5e-10, far below float32's resolution of the weights; a few array operations a call."""
+
+    def __init__(self):
+        self.scale = 2.0**14
+        grid = np.arange(-6 * self.scale, 6 * self.scale + 2) / self.scale
+        self.f = np.array([math.erf(x) for x in grid])
+        self.df = np.diff(self.f)
+
+    def __call__(self, x):
+        u = (np.clip(x, -6.0, 6.0) + 6.0) * self.scale
+        i = u.astype(np.int64)
+        return self.f[i] + (u - i) * self.df[i]
+
+
+ERF = None
+
+
+def gelu(x):
+    global ERF
+    if ERF is None:
+        ERF = Erf()
+    return 0.5 * x * (1.0 + ERF(x / math.sqrt(2.0)))
+
+
+def select(state, rows):
+    """The state of the kept/reordered rows: every array's first axis is the batch."""
+    if isinstance(state, np.ndarray):
+        return state[rows]
+    if isinstance(state, (list, tuple)):
+        return type(state)(select(part, rows) for part in state)
+    if isinstance(state, dict):
+        return {key: select(part, rows) for key, part in state.items()}
+    return state
+
+
+# ------------------------------------------------------------------------------------------------ the families
+class Bigram:
+    def __init__(self, spec, w):
+        self.table = w["logits"]
+
+    def init(self, batch):
+        return None
+
+    def step(self, ids, state):
+        return self.table[ids], state
+
+
+class MLP:
+    """Embeddings of the last block_size tokens -> tanh layers; the state is that rolling context."""
+
+    def __init__(self, spec, w):
+        c = spec["config"]
+        self.block, self.wte, self.head = c["block_size"], w["wte.weight"], (w["lm_head.weight"], w["lm_head.bias"])
+        self.layers = []
+        for i in range(c["n_layer"]):
+            norm = None
+            if c["batch_norm"]:
+                p = f"norms.{i}."
+                norm = (w[p + "running_mean"], w[p + "running_var"], w[p + "weight"], w[p + "bias"])
+            self.layers.append((w[f"hidden.{i}.weight"], w.get(f"hidden.{i}.bias"), norm))
+
+    def init(self, batch):
+        return np.zeros((batch, self.block), dtype=np.int64)  # boundary padding, as the package pads contexts
+
+    def step(self, ids, context):
+        context = np.concatenate([context[:, 1:], ids[:, None]], axis=1)
+        h = self.wte[context].reshape(len(ids), -1)
+        for weight, bias, norm in self.layers:
+            h = h @ weight.T + (0 if bias is None else bias)
+            if norm is not None:
+                mean, var, g, b = norm
+                h = (h - mean) / np.sqrt(var + 1e-5) * g + b
+            h = np.tanh(h)
+        return h @ self.head[0].T + self.head[1], context
+
+
+class WaveNet:
+    """Causal dilated pair fusion; the state is, per layer, a queue of its last 2**layer inputs."""
+
+    def __init__(self, spec, w):
+        c = spec["config"]
+        self.n_layer, self.norm, self.w = c["n_layer"], c["norm"], w
+        h = w["wte.weight"][BOUNDARY][None]
+        self.empty = []  # each layer's "before the start" input, (1, d, C)
+        for layer in range(self.n_layer):
+            self.empty.append(np.repeat(h[:, None], 2**layer, axis=1))
+            h = self.level(layer, np.concatenate([h, h], axis=-1))
+
+    def level(self, layer, pair):
+        w, p = self.w, f"norms.{layer}."
+        h = pair @ w[f"fuse.{layer}.weight"].T
+        if self.norm == "batch":
+            h = (h - w[p + "running_mean"]) / np.sqrt(w[p + "running_var"] + 1e-5) * w[p + "weight"] + w[p + "bias"]
+        elif self.norm == "layer":
+            h = layer_norm(h, w[p + "weight"], w[p + "bias"])
+        else:
+            h = h + w[f"fuse.{layer}.bias"]
+        return np.tanh(h)
+
+    def init(self, batch):
+        return [np.repeat(e, batch, axis=0) for e in self.empty]
+
+    def step(self, ids, queues):
+        h = self.w["wte.weight"][ids]
+        new_item = (ids == BOUNDARY)[:, None, None]  # a boundary starts afresh
+        out = []
+        for layer, (queue, empty) in enumerate(zip(queues, self.empty)):
+            queue = np.where(new_item, empty, queue)
+            out.append(np.concatenate([queue[:, 1:], h[:, None]], axis=1))
+            h = self.level(layer, np.concatenate([queue[:, 0], h], axis=-1))
+        return h @ self.w["lm_head.weight"].T + self.w["lm_head.bias"], out
+
+
+class Recurrent:
+    """Stacked Elman / GRU / LSTM cells (PyTorch's gate order: GRU r, z, n; LSTM i, f, g, o)."""
+
+    def __init__(self, spec, w):
+        c = spec["config"]
+        self.cell, self.n_layer, self.w = spec["cell"], c["n_layer"], w
+        self.lstm = self.cell == "lstm"
+
+    def init(self, batch):
+        h = np.repeat(self.w["h0"].transpose(1, 0, 2), batch, axis=0)  # (B, n_layer, H)
+        return [h, np.repeat(self.w["c0"].transpose(1, 0, 2), batch, axis=0)] if self.lstm else [h]
+
+    def step(self, ids, state):
+        w, x = self.w, self.w["wte.weight"][ids]
+        hs, cs = [], []
+        for i in range(self.n_layer):
+            h = state[0][:, i]
+            gi = x @ w[f"rnn.weight_ih_l{i}"].T + w[f"rnn.bias_ih_l{i}"]
+            gh = h @ w[f"rnn.weight_hh_l{i}"].T + w[f"rnn.bias_hh_l{i}"]
+            if self.cell == "gru":
+                ir, iz, i_n = np.split(gi, 3, axis=-1)
+                hr, hz, hn = np.split(gh, 3, axis=-1)
+                r, z = sigmoid(ir + hr), sigmoid(iz + hz)
+                x = (1 - z) * np.tanh(i_n + r * hn) + z * h
+            elif self.lstm:
+                i_, f, g, o = np.split(gi + gh, 4, axis=-1)
+                c = sigmoid(f) * state[1][:, i] + sigmoid(i_) * np.tanh(g)
+                x = sigmoid(o) * np.tanh(c)
+                cs.append(c)
+            elif self.cell == "rnn_relu":
+                x = np.maximum(gi + gh, 0.0)
+            else:
+                x = np.tanh(gi + gh)
+            hs.append(x)
+        new = [np.stack(hs, axis=1)] + ([np.stack(cs, axis=1)] if self.lstm else [])
+        return x @ w["lm_head.weight"].T + w["lm_head.bias"], new
+
+
+class Transformer:
+    """Pre-LN GPT decoder with a KV cache; past block_size tokens the window slides and is re-read from position 0
+    (as the package does, so steps equal the full forward)."""
+
+    def __init__(self, spec, w):
+        c = spec["config"]
+        self.bs, self.n_layer, self.n_head, self.w = c["block_size"], c["n_layer"], c["n_head"], w
+
+    def init(self, batch):
+        return {"tokens": np.zeros((batch, 0), dtype=np.int64), "start": np.zeros(batch, dtype=np.int64),
+                "k": [np.zeros((batch, 0, self.w["wte.weight"].shape[1]))] * self.n_layer,
+                "v": [np.zeros((batch, 0, self.w["wte.weight"].shape[1]))] * self.n_layer}  # fmt: skip
+
+    def attention(self, i, x, keys, values, mask):
+        """x (B, T, C) queries; keys/values (B, S, C); mask (B, T, S) -> (B, T, C) after the output projection."""
+        w, p, nh = self.w, f"blocks.{i}.attn.", self.n_head
+        B, T, C = x.shape
+        q = x.reshape(B, T, nh, C // nh)
+        k, v = keys.reshape(B, -1, nh, C // nh), values.reshape(B, -1, nh, C // nh)
+        scores = np.einsum("bthd,bshd->bhts", q, k) / math.sqrt(C // nh)
+        scores = np.where(mask[:, None], scores, -np.inf)
+        scores = np.exp(scores - scores.max(-1, keepdims=True))
+        y = np.einsum("bhts,bshd->bthd", scores / scores.sum(-1, keepdims=True), v).reshape(B, T, C)
+        return y @ w[p + "c_proj.weight"].T + w.get(p + "c_proj.bias", 0)
+
+    def blocks(self, x, mask, state, t):
+        """x (B, T, C) at positions t..t+T-1 -> logits of the last position; appends keys and values to state."""
+        w = self.w
+        for i in range(self.n_layer):
+            p = f"blocks.{i}."
+            a = layer_norm(x, w[p + "ln_1.weight"], w.get(p + "ln_1.bias"))
+            q, k, v = np.split(a @ w[p + "attn.c_attn.weight"].T + w.get(p + "attn.c_attn.bias", 0), 3, axis=-1)
+            state["k"][i] = np.concatenate([state["k"][i][:, :t], k], axis=1)
+            state["v"][i] = np.concatenate([state["v"][i][:, :t], v], axis=1)
+            x = x + self.attention(i, q, state["k"][i], state["v"][i], mask)
+            a = layer_norm(x, w[p + "ln_2.weight"], w.get(p + "ln_2.bias"))
+            a = gelu(a @ w[p + "mlp.0.weight"].T + w.get(p + "mlp.0.bias", 0))
+            x = x + a @ w[p + "mlp.2.weight"].T + w.get(p + "mlp.2.bias", 0)
+        x = layer_norm(x[:, -1], w["ln_f.weight"], w.get("ln_f.bias"))
+        return x @ w["lm_head.weight"].T
+
+    def step(self, ids, state):
+        w, state = self.w, dict(state, k=list(state["k"]), v=list(state["v"]))
+        t = state["tokens"].shape[1]
+        if t >= self.bs:  # slide: re-read the last block_size tokens from position 0
+            tokens = np.concatenate([state["tokens"][:, 1:], ids[:, None]], axis=1)
+            pos = np.arange(self.bs)
+            starts = np.maximum.accumulate(np.where(tokens == BOUNDARY, pos, 0), axis=1)  # where each item starts
+            mask = (pos[None, None, :] <= pos[None, :, None]) & (pos[None, None, :] >= starts[:, :, None])
+            x = w["wte.weight"][tokens] + w["wpe.weight"][pos - starts]
+            return self.blocks(x, mask, state, 0), dict(state, tokens=tokens)
+        start = np.where(ids == BOUNDARY, t, state["start"])
+        x = (w["wte.weight"][ids] + w["wpe.weight"][t - start])[:, None]
+        mask = (np.arange(t + 1)[None, :] >= start[:, None])[:, None]  # (B, 1, t + 1): this item's keys
+        state["tokens"], state["start"] = np.concatenate([state["tokens"], ids[:, None]], axis=1), start
+        return self.blocks(x, mask, state, t), state
+
+
+class NGram:
+    """Interpolated Kneser-Ney / add-k tables: per context its back-off weight and the shares of the symbols seen
+    after it; p_m(. | h) = shares + back p_(m-1)(. | shorter h), from the uniform distribution up."""
+
+    def __init__(self, spec, w):
+        self.order, self.V, self.w = spec["order"], spec["vocab_size"], w
+        self.offsets = w["ctx_offsets"].astype(np.int64)
+
+    def init(self, batch):
+        return np.zeros((batch, self.order - 1), dtype=np.int64)
+
+    def step(self, ids, context):
+        context = np.concatenate([context, ids[:, None]], axis=1)[:, 1:]
+        V, P, w = self.V, len(ids), self.w
+        keys = np.zeros(P, dtype=np.int64)
+        for j in range(context.shape[1]):
+            keys = keys * V + context[:, j]
+        probs = np.full((P, V), 1.0 / V)
+        levels = len(self.offsets) - 1
+        for i in range(levels):
+            m = self.order - levels + 1 + i
+            a, b = self.offsets[i], self.offsets[i + 1]
+            if b == a:
+                continue
+            query = keys % V ** (m - 1)
+            pos = np.minimum(np.searchsorted(w["ctx_keys"][a:b], query), b - a - 1)
+            found = w["ctx_keys"][a:b][pos] == query
+            probs *= np.where(found, w["ctx_back"][a:b][pos], 1.0)[:, None]
+            sizes = np.where(found, w["ctx_sizes"][a:b][pos], 0)
+            rows = np.repeat(np.arange(P), sizes)
+            first = w["ctx_starts"][a:b][pos] - (np.cumsum(sizes) - sizes)
+            entries = first[rows] + np.arange(len(rows))
+            probs[rows, w["symbols"][entries]] += w["shares"][entries]
+        return np.log(probs), context
+
+
+class Mix:
+    """p = sum_i weight_i p_i: every member steps, then the distributions are combined."""
+
+    def __init__(self, spec, w):
+        self.members = [build(m, w, f"members.{i}.") for i, m in enumerate(spec["members"])]
+        self.log_weights = [math.log(x) if x > 0 else None for x in spec["weights"]]
+
+    def init(self, batch):
+        return [m.init(batch) for m in self.members]
+
+    def step(self, ids, state):
+        outs = [m.step(ids, s) for m, s in zip(self.members, state)]
+        terms = [log_softmax(o[0]) + lw for o, lw in zip(outs, self.log_weights) if lw is not None]
+        top = np.max(terms, axis=0)
+        return top + np.log(np.sum([np.exp(t - top) for t in terms], axis=0)), [o[1] for o in outs]
+
+
+FAMILIES = {"bigram": Bigram, "mlp": MLP, "wavenet": WaveNet, "recurrent": Recurrent, "transformer": Transformer,
+            "ngram": NGram, "mix": Mix}  # fmt: skip
+
+
+def build(spec, arrays, prefix=""):
+    weights = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+    return FAMILIES[spec["family"]](spec, weights)
+
+
+# ------------------------------------------------------------------------------------------ sampling and scoring
+class Model:
+    def __init__(self, config, arrays):
+        self.config, self.chars = config, config["vocab"]
+        self.stoi = {c: i + 1 for i, c in enumerate(self.chars)}
+        self.V = len(self.chars) + 1
+        self.net = build(config["model"], arrays)
+
+    def encode(self, text, what="item"):
+        missing = sorted({c for c in text if c not in self.stoi})
+        if missing:
+            raise ValueError(f"{what} {text!r} has characters not in the vocabulary: {' '.join(map(repr, missing))}")
+        return [self.stoi[c] for c in text]
+
+    def step(self, ids, state):
+        logits, state = self.net.step(np.asarray(ids, dtype=np.int64), state)
+        return log_softmax(logits), state
+
+    def score(self, items: str | list[str]) -> list[float]:
+        """Total log-probability of each item (natural log, the end of the item included)."""
+        items = [items] if isinstance(items, str) else list(items)
+        encoded = [self.encode(item) for item in items]
+        totals = [0.0] * len(items)
+        for length in sorted({len(e) for e in encoded}):  # one batch per length: every row steps together
+            rows = [i for i, e in enumerate(encoded) if len(e) == length]
+            tokens = np.array([[BOUNDARY] + encoded[i] + [BOUNDARY] for i in rows], dtype=np.int64)
+            state, picked = self.net.init(len(rows)), []
+            for t in range(length + 1):
+                logp, state = self.step(tokens[:, t], state)
+                picked.append(logp[np.arange(len(rows)), tokens[:, t + 1]])
+            for row, values in zip(rows, np.stack(picked, axis=1)):
+                totals[row] = math.fsum(values.tolist())
+        return totals
+
+    def sample(
+        self,
+        n: int = 10,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        prefix: str = "",
+        max_len: int | None = None,
+        seed: int | None = None,
+        suffix: str = "",
+        min_len: int = 1,
+        logprobs: bool = False,
+        conditioning: str = "auto",
+    ) -> list:
+        """n items drawn from the model (temperature, then top-k, as makemore samples). prefix/suffix: every item
+        starts/ends with them; min_len/max_len: characters per item (default max: the run's). Items are strings, or
+        (item, log-probability under the model) pairs with logprobs=True.
+
+        A suffix is met as makemore meets it (`conditioning`): "reject" draws items given the prefix and keeps those
+        that end with it (exactly the model conditioned on the suffix; after max(2000, 200 n) candidates it masks
+        the rest); "mask" forces it step by step (always fast,
+        but it favours items whose early characters made the suffix hard to reach, often long ones); "auto" rejects
+        while at least 0.5% of the candidates pass (judged after 2,000), then masks for the rest."""
+        max_len = self.config["max_len"] if max_len is None else max_len
+        if temperature <= 0 or (top_k is not None and top_k < 1) or n < 0 or min_len < 0 or max_len < 1:
+            raise ValueError("need temperature > 0, top_k >= 1, n >= 0, min_len >= 0, max_len >= 1")
+        if conditioning not in ("auto", "mask", "reject"):
+            raise ValueError(f"conditioning is auto, mask or reject, not {conditioning!r}")
+        rng = np.random.default_rng(seed)
+        pre, suf = self.encode(prefix, "prefix"), self.encode(suffix, "suffix")
+        if len(pre) > max_len:
+            raise ValueError(f"the prefix has {len(pre)} characters, over max_len {max_len}")
+        masked = self._constraint(pre, suf, min_len, max_len)
+        state = self.net.init(1)
+        total = 0.0
+        logp, state = self.step([BOUNDARY], state)
+        for token in pre:
+            total += logp[0, token]
+            logp, state = self.step([token], state)
+        primed = (logp, state, total)
+        if not masked[0](len(pre), masked[2](pre)).any():
+            raise ValueError(
+                f"no item of {min_len}..{max_len} characters starts with {prefix!r} and ends with {suffix!r}"
+            )
+        drawn, out = 0, []
+        rejecting = bool(suf) and conditioning != "mask"
+        free = self._constraint(pre, [], min_len, max_len) if rejecting else None
+        while len(out) < n:
+            rare = drawn >= 2000 and len(out) + 1 < 0.005 * (drawn + 1)
+            if rejecting and ((conditioning == "auto" and rare) or drawn >= max(2000, 200 * n)):
+                rejecting = False  # too rare to find by chance: mask for the rest
+            if rejecting:
+                size = min(max(2 * (n - len(out)), 500), 50_000)
+                batch = self._draw(size, pre, primed, free, temperature, top_k, rng)
+                drawn += size
+                out += [pair for pair in batch if pair[0].endswith(suffix)][: n - len(out)]
+            else:
+                out += self._draw(n - len(out), pre, primed, masked, temperature, top_k, rng)
+        return out if logprobs else [item for item, _ in out]
+
+    def _draw(self, n, pre, primed, constraint, temperature, top_k, rng):
+        """n (item, log-prob) pairs from the primed prefix under `constraint` (masks, KMP table, start state)."""
+        allowed, advance, start = constraint
+        logp, state, total = primed
+        # Rows whose items so far are equal share one state row (all of them after the prefix, at most V after one
+        # character...): `parent` maps rows to state rows while that saves work, as makemore's decoder does.
+        parent, logp = np.zeros(n, dtype=np.int64), logp[np.zeros(n, dtype=np.int64)]
+        alive, kmp = np.arange(n), np.full(n, start(pre)[0])
+        out, totals = [list(pre) for _ in range(n)], np.full(n, total)
+        for t in range(len(pre), len(allowed.ends) - 1):
+            masked = np.where(allowed(t, kmp), logp, -np.inf) / temperature
+            if top_k is not None and top_k < self.V:
+                kth = -np.partition(-masked, top_k - 1, axis=1)[:, top_k - 1 : top_k]
+                masked = np.where(masked < kth, -np.inf, masked)
+            with np.errstate(divide="ignore"):
+                noise = -np.log(-np.log(rng.random(masked.shape)))  # Gumbel-max: argmax is a sample
+            chosen = np.argmax(masked + noise, axis=1)
+            totals[alive] += logp[np.arange(len(alive)), chosen]
+            going = chosen != BOUNDARY
+            for row, token in zip(alive[going], chosen[going]):
+                out[row].append(int(token))
+            if not going.any():
+                break
+            keep = np.nonzero(going)[0]
+            alive, kmp, chosen = alive[keep], advance[kmp[keep], chosen[keep]], chosen[keep]
+            if parent is not None:
+                parent = parent[keep]
+                pairs, inverse = np.unique(parent * self.V + chosen, return_inverse=True)
+                if len(pairs) <= len(chosen) // 2:
+                    logp, state = self.step(pairs % self.V, select(state, pairs // self.V))
+                    logp, parent = logp[inverse.reshape(-1)], inverse.reshape(-1)
+                    continue
+                state, parent = select(state, parent), None
+            else:
+                state = select(state, keep)
+            logp, state = self.step(chosen, state)
+        items = ["".join(self.chars[i - 1] for i in ids) for ids in out]
+        return list(zip(items, totals.tolist()))
+
+    def _constraint(self, pre, suf, min_len, max_len):
+        """Exact masks for the suffix and the length bounds: a KMP automaton over the suffix (state = how much of it
+        the text ends with) and, for each length t and state, whether some allowed completion exists."""
+        S, V = len(suf), self.V
+        advance = np.zeros((S + 1, V), dtype=np.int64)
+        for s in range(S + 1):
+            for c in range(1, V):
+                text = suf[:s] + [c]  # the longest end of the text so far + c that begins the suffix
+                k = next(k for k in range(min(len(text), S), -1, -1) if text[len(text) - k :] == suf[:k])
+                advance[s, c] = k
+        ends = np.zeros((max_len + 2, S + 1), dtype=bool)  # ends[t, s]: can finish from t characters in state s
+        for t in range(max_len, -1, -1):
+            ends[t] = (np.arange(S + 1) == S) & (t >= min_len)
+            if t < max_len:
+                ends[t] |= ends[t + 1][advance[:, 1:]].any(axis=1)
+
+        def allowed(t, states):
+            mask = np.zeros((len(states), V), dtype=bool)
+            mask[:, BOUNDARY] = (states == S) & (t >= min_len)
+            if t < max_len:
+                mask[:, 1:] = ends[t + 1][advance[states, 1:]]
+            return mask
+
+        def start(ids):  # the automaton's state after the prefix
+            state = 0
+            for token in ids:
+                state = advance[state, token]
+            return np.array([state])
+
+        allowed.ends = ends
+        return allowed, advance, start
+
+
+def load(folder: str | None = None) -> Model:
+    """The model in `folder` (default: the folder this file is in)."""
+    folder = folder or os.path.dirname(os.path.abspath(__file__))
+    with open(os.path.join(folder, "config.json"), encoding="utf-8") as handle:
+        config = json.load(handle)
+    with np.load(os.path.join(folder, "weights.npz")) as data:
+        arrays = {k: data[k] if data[k].dtype.kind != "f" else data[k].astype(np.float64) for k in data.files}
+    return Model(config, arrays)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Sample from or score with an exported makemore model (NumPy).")
+    parser.add_argument("--model", default=None, help="the export folder (default: this file's folder)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    s = commands.add_parser("sample", help="draw items")
+    s.add_argument("-n", type=int, default=10)
+    s.add_argument("--temperature", type=float, default=1.0)
+    s.add_argument("--top-k", type=int, default=None)
+    s.add_argument("--prefix", default="")
+    s.add_argument("--suffix", default="")
+    s.add_argument("--min-len", type=int, default=1)
+    s.add_argument("--max-len", type=int, default=None)
+    s.add_argument("--seed", type=int, default=None)
+    c = commands.add_parser("score", help="total log-probability of each item")
+    c.add_argument("items", nargs="+")
+    args = parser.parse_args(argv)
+    try:
+        model = load(args.model)
+        if args.command == "sample":
+            options = {k: getattr(args, k) for k in ("n", "temperature", "top_k", "prefix", "suffix", "seed")}
+            for item in model.sample(min_len=args.min_len, max_len=args.max_len, **options):
+                print(item)
+        else:
+            for item, total in zip(args.items, model.score(args.items)):
+                print(f"{item}\t{total:.6f}")
+    except (ValueError, OSError) as error:
+        print(f"makemore_sampler: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

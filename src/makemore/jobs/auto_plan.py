@@ -1,0 +1,230 @@
+"""`--model auto`: the plan, as a pure function of a summary of the data, the time budget and the device kind.
+
+The plan is a Kneser-Ney n-gram (fitted first, in seconds: a usable model at once) and a few neural members trained
+one after another, each a normal run, mixed at the end with weights fitted on val by EM (a member that adds nothing
+gets weight ~0, so the mix is never worse on val than the n-gram alone). The rules, and the measurements behind them
+(2-core CPU; docs/auto.md has the tables):
+
+- **Which families.** Short items (names, words): the GRU first, then the Transformer, then the LSTM and WaveNet,
+  the order of their 10-minute val NLL on names (GRU 1.915, Transformer 1.924, LSTM 1.926, WaveNet 1.952). Prose or
+  long items (stream mode, or items averaging over 40 characters): the Transformer first (it wins on prose), then
+  the LSTM and the GRU. A mixture gains most from members that differ, so the second member is the other kind of
+  network (attention after recurrence, or the reverse).
+- **How many.** None under MIN_MEMBER_SECONDS of neural time (a member trained for less is worth little next to
+  the n-gram); a second from 4 minutes, a third from 20, a fourth from 40 (MORE_MEMBERS_FROM).
+- **How big and how regularised** follows how many passes over the training data the budget buys (`epochs`,
+  estimated from a conservative throughput per device kind; never measured, so the plan is the same on every run):
+  under 3 passes nothing overfits, so no dropout and a light weight decay; over 30 passes the family's own dropout
+  and early stopping (patience) end the member once val stops improving, and the time it saves goes to the
+  members after it. Small data (under SMALL_TOKENS training tokens) gets narrower networks.
+- **How the budget is split.** Equal shares of what is left after the n-gram, minus a reserve for loading, the
+  final evaluation of each member and the mix; a member that stops early passes its time on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# Below this a neural member is not worth its start-up (names: a 100 s GRU alone, val 1.982, is worse than Kneser-Ney,
+# 1.967, yet takes 0.23 of the mix's weight; far shorter members were not measured)
+MIN_MEMBER_SECONDS = 45.0
+FAST_SECONDS = 240.0  # a shorter share: the Transformer's fast preset, and it goes first on short items
+MORE_MEMBERS_FROM = (240.0, 1200.0, 2400.0)  # one at a time: neural seconds from which a 2nd, 3rd, 4th member
+FAMILIES = ("gru", "transformer", "lstm", "wavenet")  # the neural families a plan draws from
+MAX_SLOTS = 4  # members side by side at most (a plan has at most len(FAMILIES) members)
+SECOND_WAVE_FROM = 1200.0  # side by side: a second wave of members from 20 minutes of neural time
+SMALL_TOKENS = 100_000  # fewer training tokens than this: narrower networks (they overfit in a few epochs)
+LONG_ITEMS = 40.0  # mean item length (chars) above which items are treated like prose
+# Conservative training throughput, tokens per second (one process, the family's registry settings), used only to
+# estimate the passes over the data a budget buys. 2-core CPU: GRU 13.7k, Transformer 14.5k (--preset fast, a busy
+# machine) to 36-39k (quiet).
+THROUGHPUT = {"cpu": 15_000.0, "cuda": 300_000.0, "mps": 60_000.0}
+RESERVE_SECONDS = 8.0  # per member: start-up, final evaluation and saving
+
+
+def mix_reserve(summary: DataSummary, budget: float) -> float:
+    """Seconds kept for the end: every member's log-probs of val (about an eighth of train) and the EM fit.
+    Surnames (71k items), a busy 2-core CPU: three members' mixes took ~30 s."""
+    return min(5.0 + 2e-5 * summary.train_tokens, 0.1 * budget)
+
+
+def ngram_reserve(summary: DataSummary) -> float:
+    """Seconds for the Kneser-Ney fit with its order chosen on val (names 182k tokens: 2-3 s; surnames 550k: 16 s
+    on a busy machine)."""
+    return 3.0 + 2.5e-5 * summary.train_tokens
+
+
+@dataclass(frozen=True)
+class DataSummary:
+    """What the plan looks at: the data's shape, not its content."""
+
+    mode: str  # "line" or "stream"
+    train_items: int  # line mode: items in train; stream mode: 0
+    train_tokens: int  # characters (plus one end token per item in line mode) in train
+    alphabet: int  # distinct characters
+    mean_len: float  # line mode: mean item length; stream mode: 0
+
+    @property
+    def prose(self) -> bool:
+        return self.mode == "stream" or self.mean_len > LONG_ITEMS
+
+
+@dataclass
+class Member:
+    """One neural member of the plan: a normal `train` call in its own subfolder."""
+
+    name: str  # subfolder and display name, e.g. "2-transformer"
+    model: str
+    seconds: float  # planned training seconds (its --time-budget)
+    settings: dict[str, Any] = field(default_factory=dict)  # train() keyword settings
+    why: str = ""
+
+
+@dataclass
+class Plan:
+    budget: float
+    device: str
+    summary: DataSummary
+    members: list[Member]
+    notes: list[str]
+    slots: int = 1  # members trained side by side (one process and one thread each)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "budget": self.budget,
+            "device": self.device,
+            "summary": asdict(self.summary),
+            "members": [asdict(member) for member in self.members],
+            "notes": self.notes,
+            "slots": self.slots,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Plan:
+        members = [Member(**member) for member in data["members"]]
+        summary = DataSummary(**data["summary"])
+        return cls(data["budget"], data["device"], summary, members, list(data["notes"]), int(data.get("slots", 1)))
+
+
+def passes(summary: DataSummary, seconds: float, device: str) -> float:
+    """About how many times a member sees the training data in `seconds`."""
+    return THROUGHPUT.get(device, THROUGHPUT["cpu"]) * seconds / max(summary.train_tokens, 1)
+
+
+def fast_transformer(summary: DataSummary, seconds: float, device: str) -> bool:
+    """A short share on data it cannot overfit in that time: the Transformer's fast preset (no dropout) learns
+    fastest (names, 100 s: val 1.961 against the GRU's 1.982); on small data it overfits (first names: 1.964
+    against an early-stopped GRU's 1.912)."""
+    return summary.mode == "line" and seconds < FAST_SECONDS and passes(summary, seconds, device) < 30
+
+
+def family_order(summary: DataSummary, share: float, device: str) -> list[str]:
+    if summary.prose:
+        return ["transformer", "lstm", "gru", "wavenet"]
+    if fast_transformer(summary, share, device):
+        return ["transformer", "gru", "lstm", "wavenet"]
+    return ["gru", "transformer", "lstm", "wavenet"]
+
+
+def member_count(neural_seconds: float) -> int:
+    """How many neural members `neural_seconds` pays for: each gets at least MIN_MEMBER_SECONDS, and a second
+    member only from 4 minutes on (then 20 and 40: a member's worth falls with its share of the time)."""
+    if neural_seconds < MIN_MEMBER_SECONDS:
+        return 0
+    return 1 + sum(neural_seconds >= threshold for threshold in MORE_MEMBERS_FROM)
+
+
+def regularisation(model: str, epochs: float) -> tuple[dict[str, Any], str]:
+    """Dropout and early stopping for a member that will see the training data `epochs` times."""
+    if epochs < 3:
+        return {"dropout": 0.0}, f"~{epochs:.1f} passes over train: no dropout"
+    if epochs < 30:
+        light = {"transformer": {"dropout": 0.1}, "gru": {"dropout": 0.15}, "lstm": {"dropout": 0.15}}
+        return {**light.get(model, {}), "patience": 6}, f"~{epochs:.0f} passes: light dropout"
+    return {"patience": 4}, f"~{epochs:.0f} passes: the family's dropout, early stopping"
+
+
+def member_settings(model: str, summary: DataSummary, seconds: float, device: str) -> tuple[dict[str, Any], str]:
+    """The settings of one member (over its registry defaults) and why."""
+    epochs = passes(summary, seconds, device)
+    if model == "transformer" and summary.mode == "stream":
+        # the registry's stream preset, sized for continuous text (windows of 128, 4 layers of 128, dropout 0.1)
+        settings = {"preset": "stream", "max_steps": 1_000_000} | ({"patience": 4} if epochs >= 30 else {})
+        return settings, f"~{epochs:.0f} passes: the stream preset"
+    if model == "transformer" and fast_transformer(summary, seconds, device):
+        settings, why = {"preset": "fast"}, "a short share: the fast preset (2 layers, no dropout, lr 5e-3)"
+    else:
+        settings, why = regularisation(model, epochs)
+    small = summary.train_tokens < SMALL_TOKENS
+    if small and model in ("gru", "lstm"):
+        settings["n_hidden"] = 128
+        why += "; small data: 128 hidden units"
+    if summary.mode == "stream" and model in ("gru", "lstm"):
+        settings["n_hidden"] = 512 if summary.train_tokens > 500_000 else 256
+    settings["max_steps"] = 1_000_000  # the time budget ends the member; the schedule follows it
+    return settings, why
+
+
+def side_by_side(device: str, cores: int) -> int:
+    """How many members train at once: one per core on a CPU (a small network's step does not use two cores
+    well), up to MAX_SLOTS; one on a GPU."""
+    return max(1, min(cores, MAX_SLOTS)) if device == "cpu" else 1
+
+
+def member_layout(neural_seconds: float, slots: int) -> tuple[int, int]:
+    """(members, waves): one member per slot in each wave; a second wave from SECOND_WAVE_FROM seconds on.
+    One slot: members one after another (member_count)."""
+    if slots == 1:
+        count = member_count(neural_seconds)
+        return count, count
+    waves = 2 if neural_seconds >= SECOND_WAVE_FROM else 1
+    if (neural_seconds - waves * RESERVE_SECONDS) / waves < MIN_MEMBER_SECONDS:
+        return 0, 0
+    return min(slots * waves, len(FAMILIES)), waves
+
+
+def make_plan(summary: DataSummary, budget: float, device: str = "cpu", cores: int = 1) -> Plan:
+    """The members and their seconds for `budget` seconds of wall time in all (the n-gram fit and the mix
+    included). Pure: the same summary, budget, device kind and core count give the same plan."""
+    ngram_seconds = ngram_reserve(summary)
+    notes = [f"Kneser-Ney n-gram first (order chosen on val): a usable model within ~{ngram_seconds:.0f} s"]
+    available = budget - ngram_seconds - mix_reserve(summary, budget)
+    slots = side_by_side(device, cores)
+    count, waves = member_layout(max(available, 0.0), slots)
+    while count and slots == 1 and (available - count * RESERVE_SECONDS) / count < MIN_MEMBER_SECONDS:
+        count, waves = count - 1, waves - 1
+    if count == 0:
+        notes.append(f"a budget of {budget:.0f} s leaves no time for a neural member: the n-gram alone")
+        return Plan(budget, device, summary, [], notes)
+    share = (available - waves * RESERVE_SECONDS) / waves
+    members = []
+    for k, model in enumerate(family_order(summary, share, device)[:count], start=2):
+        settings, why = member_settings(model, summary, share, device)
+        if slots > 1:
+            settings |= {"threads": 1, "row_shards": 1}  # one core each
+        members.append(Member(f"{k}-{model}", model, round(share, 1), settings, why))
+    slots = min(slots, count)
+    kind = "prose or long items" if summary.prose else "short items"
+    how = f"{slots} side by side" if slots > 1 else "one after another"
+    notes.append(f"{kind}: {', '.join(m.model for m in members)}, ~{share:.0f} s each, {how}; then a mix on val")
+    return Plan(budget, device, summary, members, notes, slots)
+
+
+def describe_plan(plan: Plan) -> list[str]:
+    """The plan as the lines printed before any training."""
+    s = plan.summary
+    shape = (
+        f"{s.train_items:,} training items, mean length {s.mean_len:.1f}"
+        if s.mode == "line"
+        else f"{s.train_tokens:,} training characters (stream mode)"
+    )
+    lines = [f"auto plan for {plan.budget:.0f} s on {plan.device}: {shape}, {s.alphabet} symbols"]
+    lines.append("  1-ngram: Kneser-Ney, order chosen on val")
+    for member in plan.members:
+        shown = ", ".join(f"{key}={value}" for key, value in member.settings.items() if key != "max_steps")
+        lines.append(f"  {member.name}: {member.seconds:.0f} s ({shown}) — {member.why}")
+    if plan.slots > 1:
+        lines.append(f"  {plan.slots} at a time, side by side (one process and one core each)")
+    lines.append("  then: a mix of all of them, weights fitted on val by EM" if plan.members else "  (no mix)")
+    return lines

@@ -1,0 +1,220 @@
+"""`--model auto`: the plan rules as a pure function, and a tiny plan run end to end, stopped and resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import run_cli
+
+import makemore
+from makemore.cli.info import format_info
+from makemore.jobs import auto
+from makemore.jobs.auto_plan import MIN_MEMBER_SECONDS, DataSummary, Member, Plan, make_plan
+
+NAMES = DataSummary("line", 25_626, 182_000, 26, 6.1)
+SMALL_NAMES = DataSummary("line", 4_130, 29_000, 26, 6.0)
+PROSE = DataSummary("stream", 0, 1_000_000, 65, 0.0)
+SENTENCES = DataSummary("line", 50_000, 3_000_000, 80, 60.0)
+HUGE = DataSummary("line", 1_000_000, 8_000_000, 40, 7.0)
+
+
+@pytest.mark.parametrize("summary", [NAMES, SMALL_NAMES, PROSE, SENTENCES, HUGE])
+@pytest.mark.parametrize("budget", [20.0, 120.0, 600.0, 1800.0, 7200.0])
+@pytest.mark.parametrize("cores", [1, 2, 16])
+def test_plan_fits_the_budget_and_is_a_pure_function(summary, budget, cores):
+    plan = make_plan(summary, budget, "cpu", cores)
+    assert plan.to_json() == make_plan(summary, budget, "cpu", cores).to_json()
+    assert Plan.from_json(json.loads(json.dumps(plan.to_json()))).to_json() == plan.to_json()
+    waves = -(-len(plan.members) // plan.slots)  # members run in waves of `slots`
+    assert waves * max((m.seconds for m in plan.members), default=0) < budget
+    assert all(member.seconds >= MIN_MEMBER_SECONDS for member in plan.members)
+    assert len({member.model for member in plan.members}) == len(plan.members)  # members differ
+    assert plan.slots <= max(cores, 1)
+
+
+def test_side_by_side_on_a_multicore_cpu_one_at_a_time_on_a_gpu():
+    two = make_plan(NAMES, 600, "cpu", cores=2)
+    assert two.slots == 2 and [m.model for m in two.members] == ["gru", "transformer"]
+    assert all(m.seconds > 500 and m.settings["threads"] == 1 for m in two.members)  # each gets the whole time
+    one = make_plan(NAMES, 600, "cpu", cores=1)
+    assert one.slots == 1 and all(m.seconds < 300 for m in one.members)  # shared out
+    assert make_plan(NAMES, 600, "cuda", cores=16).slots == 1
+
+
+def test_plan_grows_with_the_budget():
+    counts = [len(make_plan(NAMES, budget).members) for budget in (20, 120, 600, 1800, 3600)]
+    assert counts == sorted(counts) and counts[0] == 0 and counts[-1] >= 3
+    assert len(make_plan(NAMES, 600).members) == 2  # the issue's measured pair: a GRU and a Transformer
+
+
+def test_plan_picks_families_by_the_kind_of_data():
+    assert make_plan(PROSE, 1800).members[0].model == "transformer"
+    assert make_plan(SENTENCES, 1800).members[0].model == "transformer"
+    assert make_plan(NAMES, 1800).members[0].model == "gru"
+    assert {m.model for m in make_plan(NAMES, 600).members} == {"gru", "transformer"}
+
+
+def test_plan_regularises_by_passes_over_the_data():
+    few = make_plan(HUGE, 1800).members[0].settings  # under 3 passes: nothing overfits
+    many = make_plan(SMALL_NAMES, 600).members[0].settings
+    assert few.get("dropout") == 0.0 and "patience" not in few
+    assert many.get("patience") and many.get("dropout", 0.3) > 0
+
+
+def tiny_plan(summary: DataSummary, budget: float, device: str = "cpu", cores: int = 1, slots: int = 1) -> Plan:
+    """Two tiny neural members that stop by steps, so the test takes seconds and does not depend on speed."""
+    tiny = {"max_steps": 30, "eval_every": 10, "batch_size": 16, "n_embd": 8}
+    members = [
+        Member("2-gru", "gru", 30.0, {**tiny, "n_hidden": 16, "n_layer": 1}),
+        Member("3-transformer", "transformer", 30.0, {**tiny, "n_layer": 1, "n_head": 2, "row_shards": 1}),
+    ]
+    return Plan(budget, device, summary, members, ["tiny"], slots)
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    monkeypatch.setattr(auto, "make_plan", tiny_plan)
+
+
+def test_dry_run_prints_the_plan_and_trains_nothing(capsys, names_file, tmp_path):
+    out = tmp_path / "run"
+    code, stdout, _ = run_cli(capsys, "train", "-i", names_file, "--dry-run", "--time-budget", 600, "--out", out)
+    assert code == 0
+    assert "auto plan for 600 s" in stdout and "2-gru" in stdout and "3-transformer" in stdout
+    assert not out.exists()
+
+
+def test_auto_refuses_settings_it_chooses(capsys, names_file, tmp_path):
+    code, _, err = run_cli(capsys, "train", "-i", names_file, "--lr", "0.1", "--out", tmp_path / "r")
+    assert code == 2 and "--lr" in err and err.count("\n") == 1
+
+
+def test_tiny_plan_end_to_end(tiny, names_file, tmp_path):
+    out = tmp_path / "auto"
+    events = []
+    result = makemore.train(names_file, model="auto", out=out, samples=5, on_event=events.append)
+    assert result["stopped"] == "plan"
+    assert [m["name"] for m in result["members"]] == ["1-ngram", "2-gru", "3-transformer"]
+    weights = [m["weight"] for m in result["members"]]
+    assert abs(sum(weights) - 1) < 1e-6 and all(w >= 0 for w in weights)
+    assert result["val"]["nll"] <= min(m["val_nll"] for m in result["members"]) + 1e-6  # EM: the mix is no worse
+    run = makemore.load(out)
+    assert run.model_name == "mix"
+    assert len(run.generate(5, seed=1).items) == 5
+    assert abs(run.evaluate("val")["val"]["nll"] - result["val"]["nll"]) < 1e-5
+    info = makemore.describe_run(out)
+    assert [m["name"] for m in info["auto"]["members"]] == ["1-ngram", "2-gru", "3-transformer"]
+    assert any(e.get("member") == "2-gru" for e in events)  # members report through the same events
+    shown = format_info(info)
+    assert "--model auto: 3 of 3 planned members" in shown and "3-transformer" in shown
+
+
+def test_the_ngram_run_is_usable_before_the_neural_members(tiny, names_file, tmp_path):
+    out = tmp_path / "auto"
+    seen = []
+
+    def stop_in_first_neural_member():
+        if (out / "run.json").is_file() and not seen:
+            seen.append(makemore.load(out).generate(3, seed=0).items)  # the n-gram's mix is already a run
+        return bool(seen)
+
+    result = makemore.train(names_file, model="auto", out=out, should_stop=stop_in_first_neural_member)
+    assert result["stopped"] == "interrupted" and len(seen[0]) == 3
+    assert [m["name"] for m in result["members"]] == ["1-ngram"]
+
+
+def test_resume_inside_and_between_members_ends_like_an_uninterrupted_plan(tiny, names_file, tmp_path):
+    straight = makemore.train(names_file, model="auto", out=tmp_path / "straight", samples=0)
+    out = tmp_path / "stopped"
+    calls = []
+
+    def stop_after(n):
+        def should_stop():
+            calls.append(1)
+            return len(calls) > n
+
+        return should_stop
+
+    first = makemore.train(names_file, model="auto", out=out, samples=0, should_stop=stop_after(12))
+    assert first["stopped"] == "interrupted"  # inside 2-gru
+    ngram_weights = (out / "parts" / "1-ngram" / "model.safetensors").stat().st_mtime_ns
+    calls.clear()
+    second = makemore.train(resume=out, samples=0, should_stop=stop_after(35))
+    assert second["stopped"] == "interrupted"  # inside 3-transformer
+    resumed = makemore.train(resume=out, samples=0)
+    assert resumed["stopped"] == "plan"
+    assert (out / "parts" / "1-ngram" / "model.safetensors").stat().st_mtime_ns == ngram_weights  # kept
+    assert resumed["val"]["nll"] == straight["val"]["nll"]  # each member resumed exactly
+    assert [m["val_nll"] for m in resumed["members"]] == [m["val_nll"] for m in straight["members"]]
+
+
+@pytest.mark.slow  # six spawned processes, each importing torch
+def test_side_by_side_members_stop_and_resume_exactly(monkeypatch, names_file, tmp_path):
+    """Members in their own processes compute what they compute one after another, stop when asked (each saving
+    its checkpoint) and resume exactly."""
+    monkeypatch.setattr(auto, "make_plan", tiny_plan)
+    straight = makemore.train(names_file, model="auto", out=tmp_path / "straight", samples=0)
+    monkeypatch.setattr(auto, "make_plan", lambda *args: tiny_plan(*args[:3], slots=2))
+    together = makemore.train(names_file, model="auto", out=tmp_path / "together", samples=0)
+    assert [m["val_nll"] for m in together["members"]] == [m["val_nll"] for m in straight["members"]]
+    out, seen = tmp_path / "stopped", []
+
+    def on_event(event):
+        if "step 10," in event.get("message", ""):  # a member's first evaluation (eval_every 10)
+            seen.append(event)
+
+    first = makemore.train(
+        names_file, model="auto", out=out, samples=0, on_event=on_event, should_stop=lambda: bool(seen)
+    )
+    assert first["stopped"] == "interrupted" and seen
+    assert [m["name"] for m in first["members"]] == ["1-ngram"]
+    resumed = makemore.train(resume=out, samples=0)
+    assert [m["val_nll"] for m in resumed["members"]] == [m["val_nll"] for m in straight["members"]]
+    assert resumed["val"]["nll"] == straight["val"]["nll"]
+
+
+def test_resume_refuses_new_settings(tiny, names_file, tmp_path, capsys):
+    out = tmp_path / "auto"
+    makemore.train(names_file, model="auto", out=out, samples=0)
+    code, _, err = run_cli(capsys, "train", "--resume", out, "--time-budget", 5)
+    assert code == 2 and "keeps its plan" in err
+
+
+@pytest.mark.slow
+def test_sigkill_at_any_moment_then_resume_completes(names_file, tmp_path):
+    """A real `makemore train --model auto` killed at several moments, resumed each time, ends as a usable run."""
+    out = tmp_path / "auto"
+    command = [sys.executable, "-m", "makemore", "train", "-i", str(names_file), "--out", str(out)]
+    command += ["--time-budget", "70", "--samples", "0"]
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "auto.json").exists() and time.monotonic() < deadline:  # before it, nothing to resume
+        time.sleep(0.1)
+    for delay in (0.5, 6.0, 4.0):  # inside the n-gram or the first members' start, then inside their training
+        time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        resume = [sys.executable, "-m", "makemore", "train", "--resume", str(out), "--samples", "0"]
+        process = subprocess.Popen(resume, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
+    run = makemore.load(out)
+    assert run.model_name == "mix" and len(run.generate(3, seed=0).items) == 3
+    state = json.loads((out / "auto.json").read_text())
+    assert set(state["done"]) == {"1-ngram", *(m["name"] for m in state["plan"]["members"])}
+
+
+def test_auto_is_the_default_model(capsys, tmp_path, names_file):
+    code, stdout, _ = run_cli(capsys, "train", "-i", names_file, "--dry-run")
+    assert code == 0 and stdout.startswith("auto plan for 600 s")
+    code, stdout, _ = run_cli(capsys, "train", "--dry-run")
+    assert code == 0 and stdout.startswith("auto plan for 120 s")
+    assert Path(names_file).exists()
