@@ -30,6 +30,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -295,7 +296,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--eval-every", type=int, default=25)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/makemore-robustness/kill-harness"))
+    default_workdir = Path(tempfile.gettempdir()) / "makemore-robustness" / "kill-harness"
+    parser.add_argument("--workdir", type=Path, default=default_workdir)
     args = parser.parse_args()
     summary = run_harness(args.kills, args.workdir, args.steps, args.eval_every, args.seed)
     rows = summary["rows"]

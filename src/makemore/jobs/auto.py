@@ -111,6 +111,7 @@ class AutoJob:
         self.on_event = on_event
         self.should_stop = should_stop
         self.mixed: dict[str, Any] = {}  # the last mix: its val NLL and tokens
+        self.deadline: float | None = None  # time.monotonic() by which the whole plan should end
 
     def emit(self, event: dict[str, Any]) -> None:
         if self.on_event is not None:
@@ -132,6 +133,7 @@ class AutoJob:
         """Train what is not done yet: the n-gram, then the neural members in waves of `plan.slots` side by side.
         Returns {"interrupted": bool, ...}."""
         done = self.state["done"]
+        self.deadline = deadline
         self.wait_for_earlier_members()
         if NGRAM_MEMBER not in done:
             self.info(f"member 1/{len(self.names())}: {NGRAM_MEMBER}")
@@ -148,7 +150,7 @@ class AutoJob:
         for k, wave in enumerate(waves):
             seconds = self.wave_seconds(deadline, len(waves) - k)
             shown = ", ".join(f"{m.name} {seconds or m.seconds:.0f} s" for m in wave)
-            self.info(("side by side: " if len(wave) > 1 else "member: ") + shown)
+            self.info(("side by side: " if len(wave) > 1 else "member: ") + shown + self.time_left())
             jobs = [(member.name, self.member_kwargs(member, seconds)) for member in wave]
             if len(wave) == 1:
                 name, kwargs = jobs[0]
@@ -224,8 +226,15 @@ class AutoJob:
         seconds = self.member(event["member"]).seconds
         self.info(
             f"  {event['member']}: step {event['step']:,}, val {event['val_loss']:.4f} "
-            f"(best {event['best_val_loss']:.4f}), {event['elapsed']:.0f} s of ~{seconds:.0f}"
+            f"(best {event['best_val_loss']:.4f}), {event['elapsed']:.0f} s of ~{seconds:.0f}{self.time_left()}"
         )
+
+    def time_left(self) -> str:
+        """The whole plan's time left, for progress lines (a resumed plan has no deadline to count down to)."""
+        if self.deadline is None:
+            return ""
+        left = max(self.deadline - time.monotonic(), 0.0)
+        return f" ({int(left // 60)}:{int(left % 60):02d} left in all)"
 
     def tagged(self, name: str) -> Events:
         def forward(event: dict[str, Any]) -> None:
