@@ -39,9 +39,10 @@ def makemore(*args: str) -> str:
     return result.stdout
 
 
-def nll(run: Path, split: str) -> float | None:
-    metrics = json.loads(makemore("eval", str(run), "--split", split, "--format", "json"))
-    return metrics[split]["nll"] if split in metrics else None
+def nlls(run: Path) -> dict[str, float]:
+    """NLL of each held-out split the run has (a stream run's default split has no test)."""
+    metrics = json.loads(makemore("eval", str(run), "--split", "all", "--format", "json"))
+    return {split: metrics[split]["nll"] for split in ("val", "test") if split in metrics}
 
 
 def run_case(name: str, root: Path) -> dict:
@@ -57,7 +58,8 @@ def run_case(name: str, root: Path) -> dict:
     members = {name: round(member["val_nll"], 4) for name, member in state["done"].items()}
     weights = {name: round(member.get("weight", 0.0), 3) for name, member in state["done"].items()}
     kn = members["1-ngram"]
-    val, test = nll(out, "val"), nll(out, "test")
+    held_out = nlls(out)
+    val, test = held_out["val"], held_out.get("test")
     return {
         "case": name, "budget": budget, "wall_s": round(wall, 1), "val": round(val, 4),
         "test": None if test is None else round(test, 4), "kn_val": kn, "gain_over_kn": round(kn - val, 4),
