@@ -55,8 +55,9 @@ def test_plan_grows_with_the_budget():
 
 
 def test_plan_picks_families_by_the_kind_of_data():
-    assert make_plan(PROSE, 1800).members[0].model == "transformer"
-    assert make_plan(SENTENCES, 1800).members[0].model == "transformer"
+    assert make_plan(PROSE, 1800, "cuda").members[0].model == "transformer"
+    assert make_plan(SENTENCES, 1800, "cuda").members[0].model == "transformer"
+    assert [m.model for m in make_plan(PROSE, 600, "cpu", cores=2).members] == ["gru", "transformer"]
     assert make_plan(NAMES, 1800).members[0].model == "gru"
     assert {m.model for m in make_plan(NAMES, 600).members} == {"gru", "transformer"}
 
