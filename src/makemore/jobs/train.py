@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -215,9 +216,8 @@ def new_run(
         if lr_auto:  # a fresh model of the same kind sweeps the lr on the train split; this one stays untouched
             train_config = auto_lr(events, model_name, model_config, data, splits["train"], train_config)
         spec = ckpt.RunSpec(model_name, model_config, config_mod.to_dict(train_config), data.vocab, data.info)
-        if model.trainable:
-            return train_network(model, data, splits, spec, train_config, run_dir, force, samples, events, should_stop)
-        return fit_count_model(model, data, splits, spec, train_config, run_dir, force, samples, events)
+        job = NewRun(model, data, splits, spec, train_config, run_dir, force, samples, events)
+        return train_network(job, should_stop) if model.trainable else fit_count_model(job)
 
 
 def build(model_name: str, model_config: Any, vocab_size: int, data_info: dict | None = None) -> LanguageModel:
@@ -264,20 +264,26 @@ def write_new_run(work: Path, data: Data, run_json: dict[str, Any], weights: dic
     ckpt.write_json(work / ckpt.RUN_FILE, run_json)
 
 
-def train_network(
-    model: LanguageModel,
-    data: Data,
-    splits: dict[str, Any],
-    spec: ckpt.RunSpec,
-    config: TrainConfig,
-    run_dir: Path,
-    force: bool,
-    samples: int,
-    events: Events,
-    should_stop: Callable[[], bool] | None,
-) -> dict[str, Any]:
+@dataclass
+class NewRun:
+    """What a new run is made of, from the data and settings to where it goes and who hears about it."""
+
+    model: LanguageModel
+    data: Data
+    splits: dict[str, Any]
+    spec: ckpt.RunSpec
+    config: TrainConfig
+    run_dir: Path
+    force: bool
+    samples: int
+    events: Events
+
+
+def train_network(job: NewRun, should_stop: Callable[[], bool] | None) -> dict[str, Any]:
     """A neural run is published with its initial weights (loadable from the start), then trains in place; a
     failure before its first checkpoint removes it again (nothing to resume)."""
+    model, data, splits, spec, config = job.model, job.data, job.splits, job.spec, job.config
+    run_dir, force, samples, events = job.run_dir, job.force, job.samples, job.events
     trainer = Trainer(model, splits, config, run_dir, on_event=events, should_stop=should_stop)
     events.info(f"device: {device_summary(trainer)}; run directory: {run_dir}")
     created = [False]
@@ -302,19 +308,11 @@ def train_network(
         raise
 
 
-def fit_count_model(
-    model: LanguageModel,
-    data: Data,
-    splits: dict[str, Any],
-    spec: ckpt.RunSpec,
-    config: TrainConfig,
-    run_dir: Path,
-    force: bool,
-    samples: int,
-    events: Events,
-) -> dict[str, Any]:
+def fit_count_model(job: NewRun) -> dict[str, Any]:
     """A count model is fitted in a hidden sibling and published once fitted: an interrupted or failed fit leaves
     nothing behind."""
+    model, data, splits, spec, config = job.model, job.data, job.splits, job.spec, job.config
+    run_dir, force, samples, events = job.run_dir, job.force, job.samples, job.events
     is_main = distributed.current().is_main  # (the other ranks fit too, but write nothing)
     with run_dirs.partial(run_dir) if is_main else contextlib.nullcontext(run_dir) as work:
         trainer = Trainer(model, splits, config, work, on_event=events)
