@@ -15,9 +15,9 @@ import makemore
 from makemore.data.labels import LabelledSplit, parse_labelled, read_labelled, stratified_split
 from makemore.data.lines import IGNORE, Vocab
 from makemore.errors import MakemoreError
-from makemore.generation.classify import label_logprobs, posteriors
+from makemore.generation.classify import conditioned, label_logprobs, posteriors
 from makemore.models import MODELS, build_model
-from makemore.models.labels import Conditioned
+from makemore.models.labels import Conditioned, Guided
 from makemore.models.ngram_labels import LabelledNGram
 
 
@@ -306,3 +306,59 @@ def test_packed_rows_of_labelled_items_read_each_item_with_its_own_label(name, m
     alone = torch.cat([model(torch.tensor([a]))[0][0], model(torch.tensor([b]))[0][0]])
     assert torch.allclose(packed, alone, atol=1e-4)
     assert model.packable
+
+
+# --------------------------------------------------------------------------------------------------- guidance
+
+
+@pytest.fixture(scope="module")
+def overlapping_run(tmp_path_factory):
+    """A labelled n-gram on two labels that overlap: 'a' items are 60% a's, 'b' items 40% (the rest b's)."""
+    rng = random.Random(3)
+    rows = [
+        (label, "".join("a" if rng.random() < share else "b" for _ in range(rng.randint(4, 7))))
+        for label, share in (("a", 0.6), ("b", 0.4))
+        for _ in range(300)
+    ]
+    path = tmp_path_factory.mktemp("overlap") / "overlap.tsv"
+    path.write_text("".join(f"{label}\t{item}\n" for label, item in rows), encoding="utf-8")
+    makemore.train(str(path), "ngram", path.parent / "run", labelled=True, samples=0, order=2, tune_discounts=False)
+    return makemore.load(path.parent / "run")
+
+
+def classified_as(run, label: str, guidance: float | None) -> float:
+    items = run.sample(400, seed=0, label=label, label_guidance=guidance)
+    return sum(r["label"] == label for r in run.classify(items)) / len(items)
+
+
+def test_label_guidance_draws_items_more_typical_of_the_label(overlapping_run):
+    for label in ("a", "b"):
+        shares = [classified_as(overlapping_run, label, w) for w in (0.0, 1.0, 3.0)]
+        assert shares[0] + 0.05 < shares[1] < shares[2], (label, shares)
+    assert classified_as(overlapping_run, "a", None) == classified_as(overlapping_run, "a", 1.0)  # the default
+
+
+def test_no_guidance_is_exactly_the_conditional_model(overlapping_run):
+    run = overlapping_run
+    unguided = conditioned(run.base_model, run.spec.data, "a", guidance=0.0)
+    guided = conditioned(run.base_model, run.spec.data, "a", guidance=1.0)
+    zero = Guided(run.base_model, 0, torch.tensor([0.5, 0.5]), guidance=0.0)
+    idx = torch.tensor([[0, 1, 2, 1, 1]])
+    plain = torch.log_softmax(unguided(idx)[0].double(), -1)
+    assert torch.allclose(torch.log_softmax(zero(idx)[0].double(), -1), plain, atol=1e-6)
+    assert not torch.allclose(torch.log_softmax(guided(idx)[0].double(), -1), plain, atol=1e-3)
+    # scoring is never guided: score given a label is log p(item | label)
+    assert run.score(["abab"], label="a")[0]["logprob"] == pytest.approx(
+        float(label_logprobs(run.base_model, run.vocab, ["abab"], 2)[0][0, 0]), abs=1e-6
+    )
+
+
+def test_label_guidance_errors_are_one_line(overlapping_run, capsys):
+    path = overlapping_run.path
+    for flags, needle in (
+        (["--label", "a=0.5,b=0.5", "--label-guidance", "1"], "one label, not a blend"),
+        (["--label-guidance", "1"], "give a --label"),
+        (["--label", "a", "--label-guidance", "-1"], ">= 0"),
+    ):
+        code, _, err = run_cli(capsys, "sample", path, "-n", "3", *flags)
+        assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, (flags, err)

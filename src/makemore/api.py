@@ -159,6 +159,7 @@ class Run(LabelledRun):
         conditioning: str = "auto",
         label: str | dict[str, float] | None = None,
         blend: str = "mixture",
+        label_guidance: float | None = None,
     ) -> SampleResult:
         """Generate items as dicts: n samples; or with `best`, exactly the `best` most probable items (best-first
         search, at most `max_expansions` prefixes expanded, else a MakemoreError); or with `beam`, `beam` probable
@@ -187,11 +188,15 @@ class Run(LabelledRun):
 
         `label` (labelled runs): draw given a label, or a blend such as "female=0.7,male=0.3" (`blend`: "mixture"
         or "embedding", see `under_label`); items then carry `label`. Without one, a labelled run draws from
-        p(item) = sum_k p(k) p(item | k).
+        p(item) = sum_k p(k) p(item | k). `label_guidance` w (one label; default 1, 0 for exactly p(item | label))
+        draws items more typical of the label (classifier-free guidance at every character; models.labels.Guided);
+        an item's logprob is then under the guided model.
         """
+        if label_guidance is not None and label is None:
+            raise MakemoreError("--label-guidance: give a --label to guide towards")
         if label is not None:  # the same request, to this run conditioned on the label
-            request = {name: value for name, value in locals().items() if name not in ("self", "label", "blend")}
-            result = self.under_label(label, blend).generate(**request)
+            request = {k: v for k, v in locals().items() if k not in ("self", "label", "blend", "label_guidance")}
+            result = self.under_label(label, blend, label_guidance).generate(**request)
             shown = label if isinstance(label, str) else ",".join(f"{k}={v:g}" for k, v in label.items())
             for item in result.items:
                 item["label"] = shown

@@ -37,12 +37,14 @@ class LabelledRun:
         """The run's labels ([] for a run trained without them)."""
         return run_labels(self.spec.data)
 
-    def under_label(self, label: str | dict[str, float], blend: str = "mixture") -> Any:
+    def under_label(self, label: str | dict[str, float], blend: str = "mixture", guidance: float | None = 0.0) -> Any:
         """This run with its model conditioned on `label`: 'female', 'female=0.7,male=0.3' or {'female': 0.7, ...}
         (blend "mixture": the conditional next-character distributions mixed at every step; "embedding": one model
-        reading the interpolated label embedding). Shares the novelty index and the compiled constraints."""
+        reading the interpolated label embedding; `guidance` > 0: items more typical of one label, None: the
+        sampling default, see generation.classify.conditioned). Shares the novelty index and the compiled
+        constraints."""
         view = copy.copy(self)
-        view.model = conditioned(self.base_model, self.spec.data, label, blend)
+        view.model = conditioned(self.base_model, self.spec.data, label, blend, guidance)
         return view
 
     def classify(self, items: str | list[str], batch_size: int = 512) -> list[dict[str, Any]]:

@@ -26,6 +26,13 @@ def add_label_sample_flags(parser: Any) -> None:
         help="a blend of labels: mixture = the labels' next-character distributions mixed at every step; "
         "embedding = one model reading the interpolated label embedding (neural models) (default: mixture)",
     )
+    parser.add_argument(
+        "--label-guidance",
+        type=float,
+        metavar="W",
+        help="with one --label: draw items typical of it (classifier-free guidance at every character: W = 0 "
+        "draws from p(item | label), 1 also weighs each item by p(label | item)) (default: 1)",
+    )
 
 
 def format_classified(results: list[dict[str, Any]], fmt: str) -> str:

@@ -275,6 +275,7 @@ def cmd_sample(argv: list[str]) -> int:
         conditioning=args.conditioning,
         label=args.label,
         blend=args.blend,
+        label_guidance=args.label_guidance,
         nearest=args.format == "jsonl",
         logprobs=args.format != "plain",
     )

@@ -124,25 +124,60 @@ class Conditioned(LanguageModel):
         return None  # the label is at the start: decoding re-reads the whole item
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        first = idx[:, :1]
-        outputs = []
         with self.blended_tables():
-            for k in self.active:
-                x = torch.cat([first.masked_fill(first == BOUNDARY, label_token(self.vocab_size, k)), idx[:, 1:]], 1)
-                outputs.append(self.model(x)[0])
+            outputs = [self.model(with_label(idx, self.vocab_size, k))[0] for k in self.active]
         if len(outputs) == 1:  # one label: exactly the model conditioned on it
             logits = outputs[0]
         else:
             logp = torch.stack([F.log_softmax(o.double(), dim=-1) for o in outputs])  # (K, B, T, V)
             log_w = torch.tensor([math.log(self.weights[k]) for k in self.active], dtype=torch.float64)
-            log_w = log_w.to(logp.device)[:, None, None].expand(-1, idx.size(0), idx.size(1)).clone()
-            if self.posterior and idx.size(1) > 1:  # p(k | characters so far) ∝ p(k) prod_s p(c_s | c_<s, k)
-                seen = logp[:, :, :-1].gather(-1, idx[None, :, 1:, None].expand(len(outputs), -1, -1, 1))[..., 0]
-                log_w[:, :, 1:] += seen.cumsum(dim=2)
-                log_w = log_w - torch.logsumexp(log_w, dim=0, keepdim=True)
-            logits = torch.logsumexp(logp + log_w[..., None], dim=0).float()
+            logits = mixed_logprobs(logp, idx, log_w, self.posterior).float()
         loss = sequence_nll(logits, targets) if targets is not None else None
         return logits, loss
+
+
+class Guided(LanguageModel):
+    """A labelled model drawing items typical of one label: classifier-free guidance (Ho & Salimans 2022) at every
+    character,  log p_w(c | h) = log p(c | h, k) + w (log p(c | h, k) - log p(c | h)),  p(c | h) the marginal over
+    labels (prior weights updated by Bayes' rule as the characters come in). w = 0 is plain conditioning; w = 1
+    weighs each item by p(k | item) too (up to the per-character normalisation), so the labels separate more."""
+
+    trainable = False
+
+    def __init__(self, model: LanguageModel, label: int, prior: torch.Tensor, guidance: float):
+        super().__init__(model.config, model.vocab_size)
+        self.model, self.label, self.guidance = model, label, guidance
+        self.log_prior = prior.double().log()
+
+    @property
+    def context_size(self) -> None:
+        return None  # the label is at the start: decoding re-reads the whole item
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        outputs = [self.model(with_label(idx, self.vocab_size, k))[0] for k in range(len(self.log_prior))]
+        logp = torch.stack([F.log_softmax(o.double(), dim=-1) for o in outputs])  # (K, B, T, V)
+        marginal = mixed_logprobs(logp, idx, self.log_prior, posterior=True)  # (B, T, V)
+        logits = (logp[self.label] + self.guidance * (logp[self.label] - marginal)).float()
+        loss = sequence_nll(logits, targets) if targets is not None else None
+        return logits, loss
+
+
+def with_label(idx: torch.Tensor, vocab_size: int, label: int) -> torch.Tensor:
+    """Rows idx (B, T) that start with the boundary, with that first token read as the label's token."""
+    first = idx[:, :1]
+    return torch.cat([first.masked_fill(first == BOUNDARY, label_token(vocab_size, label)), idx[:, 1:]], 1)
+
+
+def mixed_logprobs(logp: torch.Tensor, idx: torch.Tensor, log_w: torch.Tensor, posterior: bool) -> torch.Tensor:
+    """log sum_k w_k p(c | h, k) (B, T, V) from the labels' log-probs logp (K, B, T, V) and log weights log_w (K,);
+    with `posterior`, the weights at each position are p(k | characters so far) ∝ w_k prod_s p(c_s | c_<s, k), so
+    the mixture is exactly the marginal of the items."""
+    log_w = log_w.to(logp.device)[:, None, None].expand(-1, idx.size(0), idx.size(1)).clone()  # (K, B, T)
+    if posterior and idx.size(1) > 1:
+        seen = logp[:, :, :-1].gather(-1, idx[None, :, 1:, None].expand(logp.size(0), -1, -1, 1))[..., 0]
+        log_w[:, :, 1:] += seen.cumsum(dim=2)
+        log_w = log_w - torch.logsumexp(log_w, dim=0, keepdim=True)
+    return torch.logsumexp(logp + log_w[..., None], dim=0)
 
 
 def label_weights(labels: list[str], spec: str | dict[str, float] | None, prior: list[float]) -> torch.Tensor:
