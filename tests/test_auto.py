@@ -57,7 +57,10 @@ def test_plan_grows_with_the_budget():
 def test_plan_picks_families_by_the_kind_of_data():
     assert make_plan(PROSE, 1800, "cuda").members[0].model == "transformer"
     assert make_plan(SENTENCES, 1800, "cuda").members[0].model == "transformer"
-    assert [m.model for m in make_plan(PROSE, 600, "cpu", cores=2).members] == ["gru", "transformer"]
+    prose = make_plan(PROSE, 600, "cpu", cores=2)  # prose: one member at a time, on every core
+    assert [m.model for m in prose.members] == ["transformer"] and prose.slots == 1
+    assert "threads" not in prose.members[0].settings and "row_shards" not in prose.members[0].settings
+    assert [m.model for m in make_plan(PROSE, 1800, "cpu", cores=2).members] == ["transformer", "gru"]
     assert make_plan(NAMES, 1800).members[0].model == "gru"
     assert {m.model for m in make_plan(NAMES, 600).members} == {"gru", "transformer"}
 

@@ -6,14 +6,17 @@ gets weight ~0, so the mix is never worse on val than the n-gram alone). The rul
 (2-core CPU; docs/auto.md has the tables):
 
 - **Which families.** Short items (names, words): the GRU first, then the Transformer, then the LSTM and WaveNet,
-  the order of their 10-minute val NLL on names (GRU 1.915, Transformer 1.924, LSTM 1.926, WaveNet 1.952). Prose or
-  long items (stream mode, or items averaging over 40 characters) on a GPU: the Transformer first (it wins on
-  prose given the compute); on a CPU, one core per member, the GRU first (Tiny Shakespeare, 9 minutes on one core
-  each: GRU 1.573, the Transformer's stream preset 1.665, a 256-wide LSTM 1.935, KN 1.489; KN + GRU + Transformer
-  mixed 1.4465, KN + GRU + LSTM 1.4464), then the Transformer. On short items a
-  mixture gains most from members that differ, so the second member is the other kind of network.
-- **How many.** None under MIN_MEMBER_SECONDS of neural time (a member trained for less is worth little next to
-  the n-gram); a second from 4 minutes, a third from 20, a fourth from 40 (MORE_MEMBERS_FROM).
+  the order of their 10-minute val NLL on names (GRU 1.915, Transformer 1.924, LSTM 1.926, WaveNet 1.952). On short
+  items a mixture gains most from members that differ, so the second member is the other kind of network. Prose
+  or long items (stream mode, or items averaging over 40 characters): the Transformer first, then the GRU.
+- **How many, and side by side or not.** None under MIN_MEMBER_SECONDS of neural time (a member trained for less
+  is worth little next to the n-gram). Short items on a CPU: one member per core side by side (a small network's
+  step does not use two cores well), a second wave from 20 minutes. Prose is never learned to the end in such
+  budgets, so one member takes every core for the whole time rather than several weak ones side by side (Tiny
+  Shakespeare, 9 minutes on one core each: GRU 1.573, the Transformer's stream preset 1.665, mixed with KN 1.4465,
+  a gain of only 0.042 over KN's 1.489; the stream preset alone on both cores: 1.474 in 15 minutes); a second
+  from 20 minutes (PROSE_MORE_MEMBERS_FROM). One after another (a GPU, one core): a second member from 4 minutes,
+  a third from 20, a fourth from 40 (MORE_MEMBERS_FROM).
 - **How big and how regularised** follows how many passes over the training data the budget buys (`epochs`,
   estimated from a conservative throughput per device kind; never measured, so the plan is the same on every run):
   under 3 passes nothing overfits, so no dropout and a light weight decay; over 30 passes the family's own dropout
@@ -33,6 +36,7 @@ from typing import Any
 MIN_MEMBER_SECONDS = 45.0
 FAST_SECONDS = 240.0  # a shorter share: the Transformer's fast preset, and it goes first on short items
 MORE_MEMBERS_FROM = (240.0, 1200.0, 2400.0)  # one at a time: neural seconds from which a 2nd, 3rd, 4th member
+PROSE_MORE_MEMBERS_FROM = (1200.0, 2400.0)  # prose (one at a time, every core): a 2nd and 3rd member
 FAMILIES = ("gru", "transformer", "lstm", "wavenet")  # the neural families a plan draws from
 MAX_SLOTS = 4  # members side by side at most (a plan has at most len(FAMILIES) members)
 SECOND_WAVE_FROM = 1200.0  # side by side: a second wave of members from 20 minutes of neural time
@@ -122,21 +126,20 @@ def fast_transformer(summary: DataSummary, seconds: float, device: str) -> bool:
 
 
 def family_order(summary: DataSummary, share: float, device: str) -> list[str]:
-    if summary.prose and device != "cpu":
+    if summary.prose:  # given every core (or a GPU), the Transformer learns prose best
         return ["transformer", "gru", "lstm", "wavenet"]
-    if summary.prose:  # one CPU core each: the GRU learns prose fastest
-        return ["gru", "transformer", "lstm", "wavenet"]
     if fast_transformer(summary, share, device):
         return ["transformer", "gru", "lstm", "wavenet"]
     return ["gru", "transformer", "lstm", "wavenet"]
 
 
-def member_count(neural_seconds: float) -> int:
-    """How many neural members `neural_seconds` pays for: each gets at least MIN_MEMBER_SECONDS, and a second
-    member only from 4 minutes on (then 20 and 40: a member's worth falls with its share of the time)."""
+def member_count(neural_seconds: float, more_from: tuple[float, ...] = MORE_MEMBERS_FROM) -> int:
+    """How many neural members, one after another, `neural_seconds` pays for: each gets at least
+    MIN_MEMBER_SECONDS, and a second member only from `more_from[0]` seconds on (then the next thresholds: a
+    member's worth falls with its share of the time)."""
     if neural_seconds < MIN_MEMBER_SECONDS:
         return 0
-    return 1 + sum(neural_seconds >= threshold for threshold in MORE_MEMBERS_FROM)
+    return 1 + sum(neural_seconds >= threshold for threshold in more_from)
 
 
 def regularisation(model: str, epochs: float) -> tuple[dict[str, Any], str]:
@@ -168,17 +171,17 @@ def member_settings(model: str, summary: DataSummary, seconds: float, device: st
     return settings, why
 
 
-def side_by_side(device: str, cores: int) -> int:
-    """How many members train at once: one per core on a CPU (a small network's step does not use two cores
-    well), up to MAX_SLOTS; one on a GPU."""
-    return max(1, min(cores, MAX_SLOTS)) if device == "cpu" else 1
+def side_by_side(summary: DataSummary, device: str, cores: int) -> int:
+    """How many members train at once: on a CPU, short items one per core (a small network's step does not use two
+    cores well), up to MAX_SLOTS; prose, and anything on a GPU, one at a time."""
+    return max(1, min(cores, MAX_SLOTS)) if device == "cpu" and not summary.prose else 1
 
 
-def member_layout(neural_seconds: float, slots: int) -> tuple[int, int]:
+def member_layout(neural_seconds: float, slots: int, prose: bool = False) -> tuple[int, int]:
     """(members, waves): one member per slot in each wave; a second wave from SECOND_WAVE_FROM seconds on.
     One slot: members one after another (member_count)."""
     if slots == 1:
-        count = member_count(neural_seconds)
+        count = member_count(neural_seconds, PROSE_MORE_MEMBERS_FROM if prose else MORE_MEMBERS_FROM)
         return count, count
     waves = 2 if neural_seconds >= SECOND_WAVE_FROM else 1
     if (neural_seconds - waves * RESERVE_SECONDS) / waves < MIN_MEMBER_SECONDS:
@@ -192,8 +195,8 @@ def make_plan(summary: DataSummary, budget: float, device: str = "cpu", cores: i
     ngram_seconds = ngram_reserve(summary)
     notes = [f"Kneser-Ney n-gram first (order chosen on val): a usable model within ~{ngram_seconds:.0f} s"]
     available = budget - ngram_seconds - mix_reserve(summary, budget)
-    slots = side_by_side(device, cores)
-    count, waves = member_layout(max(available, 0.0), slots)
+    slots = side_by_side(summary, device, cores)
+    count, waves = member_layout(max(available, 0.0), slots, summary.prose)
     while count and slots == 1 and (available - count * RESERVE_SECONDS) / count < MIN_MEMBER_SECONDS:
         count, waves = count - 1, waves - 1
     if count == 0:
