@@ -154,12 +154,13 @@ def part_families(paths: dict[str, Path], work: Path, lines: list[str], quick: b
     lines.append("")
 
 
-def sample_agreement(run_dir: Path, n: int) -> dict[str, float]:
-    """Share of the samples drawn with --label L that the same run classifies as L, per label."""
+def sample_agreement(run_dir: Path, n: int, guidance: float | None = None) -> dict[str, float]:
+    """Share of the samples drawn with --label L that the same run classifies as L, per label (`guidance`: the
+    --label-guidance; None: the default)."""
     run = makemore.load(run_dir)
     rates = {}
     for label in run.labels:
-        items = [item["item"] for item in run.generate(n, label=label, seed=1).items]
+        items = [item["item"] for item in run.generate(n, label=label, seed=1, label_guidance=guidance).items]
         rates[label] = sum(r["label"] == label for r in run.classify(items)) / len(items)
     return rates
 
@@ -170,6 +171,7 @@ def part_target(paths: dict[str, Path], work: Path, lines: list[str], quick: boo
     info = train(paths, out, "gru", True, time_budget=budget)
     scores = label_scores(out)
     rates = sample_agreement(out, 100 if quick else 1000)
+    unguided = sample_agreement(out, 100 if quick else 1000, guidance=0.0)
     threads = torch.get_num_threads()
     lines += [
         f"## The target: --model gru --labelled --time-budget {budget:.0f}",
@@ -195,6 +197,8 @@ def part_target(paths: dict[str, Path], work: Path, lines: list[str], quick: boo
         "",
         "Samples drawn with --label L (1,000 each, seed 1) that the same run classifies as L: "
         + ", ".join(f"{label} {rate:.3f}" for label, rate in rates.items())
+        + " (the default guidance); with --label-guidance 0 (exactly p(item | label)): "
+        + ", ".join(f"{label} {rate:.3f}" for label, rate in unguided.items())
         + ".",
         "",
     ]
