@@ -1,5 +1,5 @@
-"""makemore export: every family to NumPy (torch-free sampler), ONNX (onnxruntime) and the one-line refusals. The
-HTML page is tested in a real browser in test_export_browser.py."""
+"""makemore export: every family, unlabelled and labelled (conditional), to NumPy (torch-free sampler), ONNX
+(onnxruntime) and the one-line refusals. The HTML page is tested in a real browser in test_export_browser.py."""
 
 from __future__ import annotations
 
@@ -31,7 +31,11 @@ TINY = {
     "lstm": {"max_steps": 20, "n_embd": 8, "n_hidden": 16},
     "transformer": {"max_steps": 20, "block_size": 6, "n_layer": 2, "n_head": 2, "n_embd": 16},
 }
-MIXES = {"mix": ["ngram", "gru", "transformer"], "mix-neural": ["bigram", "mlp", "transformer"]}
+MIXES = {
+    "mix": ["ngram", "gru", "transformer"],
+    "mix-neural": ["bigram", "mlp", "transformer"],
+    "mix-recurrent": ["gru", "lstm", "rnn-relu"],  # ONNX: every member's state in the mix's step function
+}
 # the settings that change what a sampler computes: no biases and tied weights, other norms and activations
 VARIANTS = {
     "transformer-nobias": ("transformer", {**TINY["transformer"], "bias": False, "tie_weights": True}),
@@ -43,6 +47,18 @@ VARIANTS = {
 }
 FAMILIES = [name for name in MODELS if name != "mix"] + list(MIXES)
 LONG = "elizabethabigailvictoria"  # longer than every context: sliding windows, long recurrences
+# labelled runs of every family and label mode (a label's vectors start random: the labels matter untrained)
+LABELLED = {
+    "ngram": ("ngram", None),
+    "bigram": ("bigram", "add"),
+    **{f"{m}-{mode}": (m, mode) for m in ("mlp", "rnn", "gru", "lstm") for mode in ("add", "concat", "state")},
+    **{f"{m}-{mode}": (m, mode) for m in ("wavenet", "transformer") for mode in ("add", "state")},
+}
+LABELLED_MIXES = {
+    "mix": ["ngram", "gru-add", "transformer-state"],
+    "mix-recurrent": ["lstm-state", "gru-concat"],
+    "mix-neural": ["mlp-state", "rnn-add"],  # ONNX: a torch.export member beside a hand-built one
+}
 
 
 def tiny_run(root: Path, name: str) -> Path:
@@ -58,6 +74,22 @@ def tiny_run(root: Path, name: str) -> Path:
         data.write_text("\n".join(NAMES * 3) + "\n", encoding="utf-8")
     model, settings = VARIANTS.get(name, (name, TINY.get(name)))
     train(data, model=model, out=out, samples=0, **settings)
+    return out
+
+
+def labelled_run(root: Path, name: str) -> Path:
+    """A labelled run (labels f: the names ending in a, and m: the others) of LABELLED or LABELLED_MIXES."""
+    out = root / "labelled" / name
+    if out.exists():
+        return out
+    if name in LABELLED_MIXES:
+        mix_runs([labelled_run(root, member) for member in LABELLED_MIXES[name]], out)
+        return out
+    data = root / "labelled.tsv"
+    if not data.exists():
+        data.write_text("".join(f"{'fm'[n[-1] != 'a']}\t{n}\n" for n in NAMES * 3), encoding="utf-8")
+    model, mode = LABELLED[name]
+    train(data, model=model, out=out, samples=0, labelled=True, label_mode=mode, **TINY[model])
     return out
 
 
@@ -79,7 +111,7 @@ def items_of(run: Path) -> list[str]:
 
 def test_every_registry_model_is_covered():
     from makemore.export import FAMILIES as EXPORTED
-    from makemore.export.onnx_export import STEPS
+    from makemore.export.onnx_graphs import STEPS
 
     assert set(TINY) | {"mix"} == set(MODELS) == set(EXPORTED) == set(STEPS) | {"ngram"}
 
@@ -132,6 +164,11 @@ def test_numpy_sampler_draws_from_the_model(runs, tmp_path, capsys):
         assert abs(count / n - p) < 4 * np.sqrt(p * (1 - p) / n) + 1e-3, char
 
 
+@pytest.fixture(scope="session")
+def numpy_python(tmp_path_factory) -> tuple[str, dict[str, str]]:
+    return numpy_only_python(tmp_path_factory.mktemp("numpy-only"))
+
+
 def numpy_only_python(root: Path) -> tuple[str, dict[str, str]]:
     """A virtual environment without torch or makemore: a bare venv, and NumPy (only) linked onto its path."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root / "venv")], check=True, timeout=120)
@@ -145,11 +182,11 @@ def numpy_only_python(root: Path) -> tuple[str, dict[str, str]]:
     return str(python), {"PYTHONPATH": str(linked), "PATH": ""}
 
 
-def test_numpy_sampler_runs_in_a_venv_without_torch(runs, tmp_path, capsys):
+def test_numpy_sampler_runs_in_a_venv_without_torch(runs, tmp_path, capsys, numpy_python):
     run = tiny_run(runs, "transformer")
     out = tmp_path / "export"
     assert run_cli(capsys, "export", run, "--format", "numpy", "--out", out)[0] == 0
-    python, env = numpy_only_python(tmp_path)
+    python, env = numpy_python
     probe = "import importlib.util as u; print([u.find_spec(m) is not None for m in ('torch', 'makemore', 'numpy')])"
     found = subprocess.run([python, "-c", probe], env=env, cwd=tmp_path, capture_output=True, text=True).stdout
     assert found.strip() == "[False, False, True]"
@@ -170,15 +207,88 @@ def test_numpy_sampler_runs_in_a_venv_without_torch(runs, tmp_path, capsys):
     assert np.allclose(got, want, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", list(LABELLED) + [f"mix/{name}" for name in LABELLED_MIXES])
+def test_numpy_export_of_labelled_runs(name, runs, tmp_path, capsys):
+    run = labelled_run(runs, name.removeprefix("mix/"))
+    code, stdout, _ = run_cli(capsys, "export", run, "--format", "numpy", "--out", tmp_path / "e")
+    assert code == 0 and "wrote numpy export" in stdout
+    model, package, items = (
+        import_file(tmp_path / "e" / "makemore_sampler.py").load(str(tmp_path / "e")),
+        makemore.load(run),
+        items_of(run),
+    )
+    assert model.labels == package.labels == ["f", "m"]
+    scores = {}
+    for label in ("f", "m", "f=0.7,m=0.3", {"m": 2.0, "f": 1.0}, None):  # a label, blends, none: p(item)
+        scores[str(label)] = model.score(items, label)
+        want = [r["logprob"] for r in package.score(items, label=label)]
+        assert np.allclose(scores[str(label)], want, rtol=0, atol=1e-5), label
+    assert np.abs(np.subtract(scores["f"], scores["m"])).max() > 1e-3  # the label matters
+    got, want = model.classify(items), package.classify(items)
+    assert [r["label"] for r in got] == [r["label"] for r in want]
+    assert np.allclose([list(r["probs"].values()) for r in got], [list(r["probs"].values()) for r in want], atol=1e-6)
+
+    first = model.sample(n=12, seed=5, label="m", prefix="e", max_len=9, logprobs=True)
+    assert first == model.sample(n=12, seed=5, label="m", prefix="e", max_len=9, logprobs=True)  # a seed repeats
+    assert all(item.startswith("e") and len(item) <= 9 for item, _ in first)
+    want = [r["logprob"] for r in package.score([item for item, _ in first], label="m")]
+    assert np.allclose([lp for _, lp in first], want, atol=1e-5)  # drawn under the label: scored under it
+
+
+def test_numpy_labelled_sampling_is_the_conditional_model(runs, tmp_path, capsys):
+    """First characters, 3,000 draws each given a label, a blend and none (p(item)): each character's frequency
+    within 4 standard errors of its probability under makemore, given the same."""
+    run = labelled_run(runs, "gru-add")
+    assert run_cli(capsys, "export", run, "--format", "numpy", "--out", tmp_path / "e")[0] == 0
+    model = import_file(tmp_path / "e" / "makemore_sampler.py").load(str(tmp_path / "e"))
+    package, n = makemore.load(run), 3000
+    for label in ("f", "m=0.8,f=0.2", None):
+        counts = collections.Counter((item + "$")[0] for item in model.sample(n=n, seed=2, label=label, min_len=0))
+        for r in package.score(package.vocab.chars, label=label):  # p(first character = c)
+            p = np.exp(r["char_logprobs"][0][1])
+            assert abs(counts[r["item"]] / n - p) < 4 * np.sqrt(p * (1 - p) / n) + 1e-3, (label, r["item"])
+    with pytest.raises(ValueError, match="not a label of this model"):
+        model.sample(n=1, label="x")
+    with pytest.raises(ValueError, match="weights"):
+        model.score(["emma"], label="f=0,m=0")
+    plain = tiny_run(runs, "bigram")
+    assert run_cli(capsys, "export", plain, "--format", "numpy", "--out", tmp_path / "p")[0] == 0
+    with pytest.raises(ValueError, match="without labels"):
+        import_file(tmp_path / "p" / "makemore_sampler.py").load(str(tmp_path / "p")).score(["emma"], label="f")
+
+
+def test_numpy_labelled_sampler_cli_without_torch(runs, tmp_path, capsys, numpy_python):
+    run = labelled_run(runs, "gru-add")
+    out = tmp_path / "export"
+    assert run_cli(capsys, "export", run, "--format", "numpy", "--out", out)[0] == 0
+    python, env = numpy_python
+
+    def sampler(*argv: str) -> str:
+        done = subprocess.run([python, str(out / "makemore_sampler.py"), *argv], env=env, capture_output=True,
+                              text=True, timeout=60)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    items = sampler("sample", "-n", "5", "--seed", "1", "--label", "f").split()
+    assert len(items) == 5 and sampler("sample", "-n", "5", "--seed", "1", "--label", "f").split() == items
+    assert sampler("sample", "-n", "5", "--seed", "1", "--label", "m").split() != items
+    package = makemore.load(run)
+    got = [float(line.split("\t")[1]) for line in sampler("score", "emma", "ava", "--label", "m").splitlines()]
+    assert np.allclose(got, [r["logprob"] for r in package.score(["emma", "ava"], label="m")], atol=1e-5)
+    rows = [line.split("\t") for line in sampler("classify", "emma", "liam").splitlines()]
+    for row, want in zip(rows, package.classify(["emma", "liam"])):
+        assert row[:2] == [want["item"], want["label"]]
+        assert np.isclose(float(row[2].removeprefix("f=")), want["probs"]["f"], atol=1e-5)
+
+
 def onnx_check(run: Path, out: Path) -> None:
     """The exported graphs with onnxruntime: the scorer on the val items in one padded batch, and the step function
-    on the same items, both against `makemore score`."""
+    on the same items, both against `makemore score` (a labelled run's: given each label)."""
     import onnxruntime as ort
 
     config = json.loads((out / "config.json").read_text())
     stoi = {c: i + 1 for i, c in enumerate(config["vocab"])}
     items = items_of(run)
-    want = np.array([r["logprob"] for r in makemore.load(run).score(items)])
     T = max(map(len, items)) + 1
     ids = np.zeros((len(items), T + 1), dtype=np.int64)  # boundary + characters + boundary, right-padded
     for row, item in enumerate(items):
@@ -194,22 +304,28 @@ def onnx_check(run: Path, out: Path) -> None:
         return np.where(real, picked, 0.0).sum(1)
 
     score = ort.InferenceSession(str(out / "score.onnx"), providers=["CPUExecutionProvider"])
-    assert np.allclose(totals(score.run(None, {"ids": ids[:, :-1]})[0]), want, atol=1e-5)
-
     step = ort.InferenceSession(str(out / "step.onnx"), providers=["CPUExecutionProvider"])
-    axes = config["onnx"]["state_batch_axes"]
-    with np.load(out / "initial_state.npz") as initial:
-        state = {k: np.repeat(initial[k], len(items), axis=axes[i]) for i, k in enumerate(sorted(initial.files))}
-    outputs = []
-    for t in range(T):
-        out_t = step.run(None, {"ids": ids[:, t], **state})
-        outputs.append(out_t[0])
-        state = dict(zip(sorted(state), out_t[1:]))
-    assert np.allclose(totals(np.stack(outputs, axis=1)), want, atol=1e-5)
+    axes, labels = config["onnx"]["state_batch_axes"], config.get("labels", [None])
+    names = [name for name in config["onnx"]["step"]["inputs"] if name.startswith("state")]
+    assert config["onnx"]["score"]["inputs"] == ["ids"] + (["label"] if labels != [None] else [])
+    for k, label in enumerate(labels):
+        want = np.array([r["logprob"] for r in makemore.load(run).score(items, label=label)])
+        feeds = {} if label is None else {"label": np.full(len(items), k)}
+        assert np.allclose(totals(score.run(None, {"ids": ids[:, :-1], **feeds})[0]), want, rtol=0, atol=1e-5)
+        with np.load(out / "initial_state.npz") as initial:  # labelled: each label's start, [k]
+            start = {name: initial[name] if label is None else initial[name][k] for name in names}
+        state = {name: np.repeat(start[name], len(items), axis=axes[i]) for i, name in enumerate(names)}
+        outputs = []
+        for t in range(T):
+            out_t = step.run(None, {"ids": ids[:, t], **feeds, **state})
+            outputs.append(out_t[0])
+            state = dict(zip(names, out_t[1:]))
+        assert np.allclose(totals(np.stack(outputs, axis=1)), want, rtol=0, atol=1e-5)
 
 
-def test_onnx_export_matches_the_package(runs, tmp_path, capsys):
-    run = tiny_run(runs, "gru")  # hand-built graph: the GRU gate layout is the classic pitfall
+@pytest.mark.parametrize("name", ["gru", "mix-recurrent"])  # hand-built graphs: quick to export
+def test_onnx_export_matches_the_package(name, runs, tmp_path, capsys):
+    run = tiny_run(runs, name)  # the GRU gate layout is the classic pitfall; a mix joins its members' graphs
     code, stdout, _ = run_cli(capsys, "export", run, "--format", "onnx", "--out", tmp_path / "onnx")
     assert code == 0, stdout
     onnx_check(run, tmp_path / "onnx")
@@ -226,9 +342,26 @@ def test_onnx_export_of_every_family(name, runs, tmp_path, capsys):
     onnx_check(run, tmp_path / "onnx")
 
 
-@pytest.mark.parametrize("name", ["ngram", "mix"])
-def test_onnx_says_in_one_line_what_it_cannot_carry(name, runs, tmp_path, capsys):
-    code, _, stderr = run_cli(capsys, "export", tiny_run(runs, name), "--format", "onnx", "--out", tmp_path / "o")
+@pytest.mark.parametrize(
+    "name",
+    [
+        "gru-add",
+        "mix-recurrent",
+        *(pytest.param(n, marks=pytest.mark.slow) for n in [*LABELLED, "mix-neural"] if n not in ("ngram", "gru-add")),
+    ],
+)
+def test_onnx_export_of_labelled_runs(name, runs, tmp_path, capsys):
+    run = labelled_run(runs, name)
+    code, stdout, _ = run_cli(capsys, "export", run, "--format", "onnx", "--out", tmp_path / "onnx")
+    assert code == 0, stdout
+    onnx_check(run, tmp_path / "onnx")
+
+
+@pytest.mark.parametrize(
+    "name, make", [("ngram", tiny_run), ("mix", tiny_run), ("ngram", labelled_run), ("mix", labelled_run)]
+)
+def test_onnx_says_in_one_line_what_it_cannot_carry(name, make, runs, tmp_path, capsys):
+    code, _, stderr = run_cli(capsys, "export", make(runs, name), "--format", "onnx", "--out", tmp_path / "o")
     assert code == 2
     assert stderr.count("\n") == 1 and "ONNX cannot carry the ngram model" in stderr
     assert not (tmp_path / "o").exists()
@@ -262,19 +395,11 @@ def test_a_failed_check_writes_nothing(runs, tmp_path, capsys, monkeypatch):
     assert code == 2 and (tmp_path / "e" / "keep.txt").read_text() == "old"  # a failed replace keeps the old
 
 
-def test_labelled_runs_are_refused_in_one_line(tmp_path, capsys):
-    data = tmp_path / "labelled.tsv"
-    data.write_text("".join(f"{'fm'[i % 2]}\t{name}\n" for i, name in enumerate(NAMES * 3)), encoding="utf-8")
-    train(data, model="bigram", out=tmp_path / "run", labelled=True, max_steps=2, samples=0)
-    code, _, stderr = run_cli(capsys, "export", tmp_path / "run", "--format", "numpy", "--out", tmp_path / "e")
-    assert code == 2 and "labelled (conditional) run" in stderr and stderr.count("\n") == 1
-    assert not (tmp_path / "e").exists()
-
-
 def test_stream_mode_runs_are_refused_in_one_line(tmp_path, capsys):
     text = tmp_path / "text.txt"
     text.write_text(" ".join(NAMES * 20) + "\n", encoding="utf-8")
     train(text, model="bigram", out=tmp_path / "run", mode="stream", max_steps=2, samples=0)
-    code, _, stderr = run_cli(capsys, "export", tmp_path / "run", "--format", "html", "--out", tmp_path / "p.html")
-    assert code == 2 and "stream-mode run" in stderr and stderr.count("\n") == 1
-    assert not (tmp_path / "p.html").exists()
+    for format, out in (("html", tmp_path / "p.html"), ("numpy", tmp_path / "n"), ("onnx", tmp_path / "o")):
+        code, _, stderr = run_cli(capsys, "export", tmp_path / "run", "--format", format, "--out", out)
+        assert code == 2 and "stream-mode run" in stderr and stderr.count("\n") == 1
+        assert not out.exists()

@@ -12,7 +12,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="makemore export",
         description="Export a trained run: numpy (a folder: weights, config, a NumPy-only sampler), onnx (the step "
         "function and the whole-item scorer, checked with onnxruntime) or html (one page with the weights and a "
-        "JavaScript sampler, no network). NumPy and ONNX exports are checked against makemore before they are written.",
+        "JavaScript sampler, no network). NumPy and ONNX exports are checked against makemore before they are written. "
+        "Labelled runs export with their labels: the samplers take a label (or a blend), the ONNX graphs a label "
+        "input, the page a label selector.",
     )
     parser.add_argument("run", help="run directory")
     parser.add_argument("--format", required=True, choices=("numpy", "onnx", "html"), help="what to write")

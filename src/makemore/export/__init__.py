@@ -6,7 +6,9 @@
 
 NumPy and ONNX exports are checked against the package before anything is written (the log-probabilities of the
 val items; see each exporter; the page's JavaScript is checked in Chromium by tests/test_export_browser.py), and
-every export is written atomically: a folder or page appears whole or not at all.
+every export is written atomically: a folder or page appears whole or not at all. Labelled (conditional) runs
+export as well: the samplers sample and score given a label or a blend and classify, the ONNX graphs take the label
+as an input, the page has a label selector (docs/export.md).
 """
 
 from __future__ import annotations

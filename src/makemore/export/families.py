@@ -4,6 +4,10 @@ template, JavaScript page), its settings, its arrays, and whether ONNX can carry
 An exported model is a spec (JSON: family, settings, members for a mix) plus named arrays: the run's own weights
 under their PyTorch names (the samplers read those names), or derived tables where the saved state is not what
 scoring uses (the n-gram's lookup tables). A mix's members sit under "members.<i>." as in its state dict.
+
+A labelled (conditional) model's spec has n_labels and label_mode (add, concat, state: how its label layers read the
+label, models/labels.py), and its label tables are among its arrays. The labelled n-gram is the family
+"labelled_ngram": its shared model and each label's model as members (shared first), weights = lambda_k.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import numpy as np
 
 from makemore.errors import MakemoreError
 from makemore.models import MODELS, LanguageModel
+from makemore.models.ngram_labels import LabelledNGram
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,8 @@ FAMILIES: dict[str, Family] = {
     "transformer": Family("transformer", _none, _state_arrays),
     "mix": Family("mix", _none, _state_arrays),  # members are described recursively (describe)
 }
-NAMES = {spec.model_class: name for name, spec in MODELS.items()}
+LABELLED_NGRAM = Family("labelled_ngram", _none, _none, onnx=NGRAM_ONNX)  # weights: lambda_k
+NAMES = {spec.model_class: name for name, spec in MODELS.items()} | {LabelledNGram: "ngram"}
 
 
 def model_name(model: LanguageModel) -> str:
@@ -73,16 +79,22 @@ def model_name(model: LanguageModel) -> str:
 
 
 def describe(model: LanguageModel) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """(spec, arrays) of a model; a mix's members recursively, their arrays under "members.<i>."."""
+    """(spec, arrays) of a model; a mix's members (a labelled n-gram's models) recursively, under "members.<i>."."""
     name = model_name(model)
-    family = FAMILIES[name]
+    family, members = FAMILIES[name], []
+    if isinstance(model, LabelledNGram):  # its shared model, then each label's
+        family, members = LABELLED_NGRAM, [model.shared, *model.per_label]
+    elif name == "mix":
+        members = list(model.members)
     spec = {"family": family.family, "model": name, "config": asdict(model.config), **family.settings(model)}
+    if model.n_labels:
+        spec.update(n_labels=model.n_labels, label_mode=model.label_mode)
     arrays = family.arrays(model)
-    if name == "mix":
-        arrays = {"weights": arrays["weights"]}
-        spec["weights"] = [float(w) for w in model.weights.tolist()]
+    if members:
+        arrays = {"weights": arrays["weights"]} if name == "mix" else {}
+        spec["weights"] = [float(w) for w in (model.weights if name == "mix" else model.label_weights).tolist()]
         spec["members"] = []
-        for i, member in enumerate(model.members):
+        for i, member in enumerate(members):
             member_spec, member_arrays = describe(member)
             spec["members"].append(member_spec)
             arrays.update({f"members.{i}.{k}": v for k, v in member_arrays.items()})

@@ -1,4 +1,6 @@
-"""The HTML export: one page, no network, the weights embedded, a JavaScript sampler (templates/sampler.js).
+"""The HTML export: one page, no network, the weights embedded, a JavaScript sampler (templates/families.js: the
+model families; templates/sampler.js: sampling, labels and the page). A labelled run's page has a label selector
+(any label: p(item), or one label; the URL may also ask for a blend, ?label=female=0.7,male=0.3).
 
 The weights travel as one gzip stream (each tensor's bytes stored plane by plane: the sign/exponent bytes of a
 float compress, the low mantissa bytes do not), base85 in a <script> element; the page inflates them with the
@@ -69,8 +71,9 @@ def render(source: Source, precision: str, title: str | None) -> bytes:
     parameters = source.model.parameter_count()
     name = model_name(source.model)
     size = f"{parameters:,} parameters" if parameters else f"{sum(a.size for a in arrays.values()):,} table entries"
+    labels = f", labels {', '.join(source.labels)}" if source.labels else ""
     config["about"] = (
-        f"{name} model, {size}, {len(source.spec.vocab.chars)} characters; weights in {precision}. "
+        f"{name} model, {size}, {len(source.spec.vocab.chars)} characters{labels}; weights in {precision}. "
         "Everything runs in this page: nothing is sent anywhere."
     )
     config["tensors"] = manifest
@@ -81,6 +84,7 @@ def render(source: Source, precision: str, title: str | None) -> bytes:
         ("__TITLE__", html.escape(title or f"{source.run_dir.name}: make more")),
         ("__CONFIG__", text),
         ("__WEIGHTS__", base85(blob)),
+        ("__FAMILIES_JS__", template("families.js").decode("utf-8")),
         ("__SAMPLER_JS__", template("sampler.js").decode("utf-8")),
     ):
         page = page.replace(key, value)

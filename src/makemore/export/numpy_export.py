@@ -2,7 +2,7 @@
 
 The sampler is one file shipped with makemore (templates/makemore_sampler.py) and copied as is; before the folder
 appears, it is loaded from the staged folder and its log-probabilities of the check items compared with the
-package's (`makemore score`), to 1e-5 nats per item.
+package's (`makemore score`; a labelled run's given each label in turn), to 1e-5 nats per item.
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ from types import ModuleType
 import numpy as np
 
 from makemore.errors import MakemoreError
-from makemore.export.common import Exported, Source, folder_size, staged_folder
+from makemore.export.common import Exported, Source, by_label, folder_size, staged_folder
 from makemore.export.families import describe
-from makemore.generation.scoring import score_items
 
 SAMPLER = "makemore_sampler.py"
 TOLERANCE = 1e-5  # nats per item, against `makemore score`
@@ -39,10 +38,6 @@ def import_sampler(path: Path) -> ModuleType:
     return module
 
 
-def package_logprobs(source: Source, items: list[str]) -> list[float]:
-    return [r["logprob"] for r in score_items(source.model, source.spec.vocab, items)]
-
-
 def check(name: str, got: list[float], want: list[float], items: list[str], tolerance: float) -> None:
     worst = max(range(len(items)), key=lambda i: abs(got[i] - want[i]), default=None)
     if worst is not None and not abs(got[worst] - want[worst]) <= tolerance:
@@ -60,6 +55,8 @@ def export_numpy(source: Source, out: Path) -> Exported:
             np.savez(handle, **arrays)
         (stage / SAMPLER).write_bytes(template(SAMPLER))
         exported = import_sampler(stage / SAMPLER).load(str(stage))
-        items = source.check_items
-        check("numpy export", exported.score(items), package_logprobs(source, items), items, TOLERANCE)
+        items, labels = source.check_items, source.check_labels
+        names = [None, *({name: 1} for name in exported.labels)]  # label k given as the weights {name: 1}
+        got = by_label(items, labels, lambda chosen, k: exported.score(chosen, names[0 if k is None else k + 1]))
+        check("numpy export", got, source.logprobs(items, labels), items, TOLERANCE)
     return Exported(out, folder_size(out))

@@ -4,14 +4,22 @@
     model = makemore_sampler.load("FOLDER")            # the folder `makemore export --format numpy` wrote
     model.sample(n=5, temperature=0.8, prefix="ja", seed=1)   # ['jalen', 'jasmin', ...]
     model.score(["emma", "xqz"])                       # total log-probabilities (natural log, the end included)
+    model.labels                                       # a labelled run's labels, e.g. ['female', 'male'] ([]: none)
+    model.sample(n=5, label="female")                  # given a label, or a blend: "female=0.7,male=0.3" / a dict
+    model.score(["emma"], label="male")                # log p(item | label); without a label, p(item)
+    model.classify(["emma"])                           # [{'item', 'label', 'probs': {label: p(label | item)}}]
 
     python makemore_sampler.py sample -n 10 --seed 1 --prefix ja     # the same from a shell (FOLDER: --model)
-    python makemore_sampler.py score emma olivia
+    python makemore_sampler.py score emma olivia --label female
+    python makemore_sampler.py classify emma liam
 
 The folder holds config.json (model family and settings, vocabulary, default maximum length) and weights.npz (the
 run's weights as saved). Every step computes in float64 from the float32 weights, so log-probabilities equal what
 `makemore score` reports to about 1e-6. Decoding is incremental as in makemore: a rolling context (mlp), per-layer
-queues (wavenet), recurrent state (rnn, gru, lstm), a KV cache (transformer), a context lookup (ngram).
+queues (wavenet), recurrent state (rnn, gru, lstm), a KV cache (transformer), a context lookup (ngram). A labelled
+model reads its label as makemore does: a label vector added to (add) or beside (concat) every input, or at the
+item's start (state: the start token, or the recurrent start state); the n-gram mixes the label's model with the
+shared one. Blends and p(item) mix the labels' next-character distributions at every step (`Conditioned`).
 """
 
 from __future__ import annotations
@@ -70,6 +78,19 @@ def gelu(x):
     return 0.5 * x * (1.0 + ERF(x / math.sqrt(2.0)))
 
 
+def logsumexp(x, axis):
+    top = x.max(axis=axis, keepdims=True)
+    return (top + np.log(np.exp(x - top).sum(axis=axis, keepdims=True))).squeeze(axis)
+
+
+def with_label(x, w, spec, labels, start):
+    """Inputs x (B, ..., C) plus each row's label vector: at every input (add) or where `start` (state)."""
+    if labels is None:
+        return x
+    vector = w["label_emb.table.weight"][labels].reshape(len(labels), *[1] * (x.ndim - 2), -1)
+    return x + (vector if spec["label_mode"] == "add" else vector * start[..., None])
+
+
 def select(state, rows):
     """The state of the kept/reordered rows: every array's first axis is the batch."""
     if isinstance(state, np.ndarray):
@@ -84,13 +105,13 @@ def select(state, rows):
 # ------------------------------------------------------------------------------------------------ the families
 class Bigram:
     def __init__(self, spec, w):
-        self.table = w["logits"]
+        self.table, self.label = w["logits"], w.get("label_logits")
 
-    def init(self, batch):
+    def init(self, batch, labels=None):
         return None
 
-    def step(self, ids, state):
-        return self.table[ids], state
+    def step(self, ids, state, labels=None):
+        return self.table[ids] + (0 if labels is None else self.label[labels]), state
 
 
 class MLP:
@@ -99,6 +120,7 @@ class MLP:
     def __init__(self, spec, w):
         c = spec["config"]
         self.block, self.wte, self.head = c["block_size"], w["wte.weight"], (w["lm_head.weight"], w["lm_head.bias"])
+        self.spec, self.w = spec, w
         self.layers = []
         for i in range(c["n_layer"]):
             norm = None
@@ -107,12 +129,19 @@ class MLP:
                 norm = (w[p + "running_mean"], w[p + "running_var"], w[p + "weight"], w[p + "bias"])
             self.layers.append((w[f"hidden.{i}.weight"], w.get(f"hidden.{i}.bias"), norm))
 
-    def init(self, batch):
+    def init(self, batch, labels=None):
         return np.zeros((batch, self.block), dtype=np.int64)  # boundary padding, as the package pads contexts
 
-    def step(self, ids, context):
+    def step(self, ids, context, labels=None):
         context = np.concatenate([context[:, 1:], ids[:, None]], axis=1)
-        h = self.wte[context].reshape(len(ids), -1)
+        h = self.wte[context]
+        if labels is not None and self.spec["label_mode"] == "concat":
+            h = np.concatenate([h, self.w["label_emb.table.weight"][labels][:, None]], axis=1)
+        elif labels is not None:  # state: at the item's start, the context's last boundary (those before: padding)
+            slots = np.arange(self.block)
+            start = slots == np.where(context == BOUNDARY, slots, -1).max(axis=1, keepdims=True)
+            h = with_label(h, self.w, self.spec, labels, start)
+        h = h.reshape(len(ids), -1)
         for weight, bias, norm in self.layers:
             h = h @ weight.T + (0 if bias is None else bias)
             if norm is not None:
@@ -127,7 +156,7 @@ class WaveNet:
 
     def __init__(self, spec, w):
         c = spec["config"]
-        self.n_layer, self.norm, self.w = c["n_layer"], c["norm"], w
+        self.n_layer, self.norm, self.w, self.spec = c["n_layer"], c["norm"], w, spec
         h = w["wte.weight"][BOUNDARY][None]
         self.empty = []  # each layer's "before the start" input, (1, d, C)
         for layer in range(self.n_layer):
@@ -145,11 +174,11 @@ class WaveNet:
             h = h + w[f"fuse.{layer}.bias"]
         return np.tanh(h)
 
-    def init(self, batch):
+    def init(self, batch, labels=None):
         return [np.repeat(e, batch, axis=0) for e in self.empty]
 
-    def step(self, ids, queues):
-        h = self.w["wte.weight"][ids]
+    def step(self, ids, queues, labels=None):
+        h = with_label(self.w["wte.weight"][ids], self.w, self.spec, labels, ids == BOUNDARY)
         new_item = (ids == BOUNDARY)[:, None, None]  # a boundary starts afresh
         out = []
         for layer, (queue, empty) in enumerate(zip(queues, self.empty)):
@@ -164,15 +193,22 @@ class Recurrent:
 
     def __init__(self, spec, w):
         c = spec["config"]
-        self.cell, self.n_layer, self.w = spec["cell"], c["n_layer"], w
-        self.lstm = self.cell == "lstm"
+        self.cell, self.n_layer, self.w, self.spec = spec["cell"], c["n_layer"], w, spec
+        self.lstm, self.mode = self.cell == "lstm", spec.get("label_mode")
 
-    def init(self, batch):
-        h = np.repeat(self.w["h0"].transpose(1, 0, 2), batch, axis=0)  # (B, n_layer, H)
-        return [h, np.repeat(self.w["c0"].transpose(1, 0, 2), batch, axis=0)] if self.lstm else [h]
+    def init(self, batch, labels=None):
+        names = ["h0", "c0"] if self.lstm else ["h0"]
+        state = [np.repeat(self.w[n].transpose(1, 0, 2), batch, axis=0) for n in names]  # (B, n_layer, H) each
+        if labels is not None and self.mode == "state":  # a learned start per label, on top of h0 (and c0)
+            state = [s + self.w[f"label_{n}.table.weight"][labels].reshape(s.shape) for s, n in zip(state, names)]
+        return state
 
-    def step(self, ids, state):
+    def step(self, ids, state, labels=None):
         w, x = self.w, self.w["wte.weight"][ids]
+        if labels is not None and self.mode == "concat":
+            x = np.concatenate([x, w["label_emb.table.weight"][labels]], axis=-1)
+        elif self.mode != "state":
+            x = with_label(x, w, self.spec, labels, None)
         hs, cs = [], []
         for i in range(self.n_layer):
             h = state[0][:, i]
@@ -203,9 +239,9 @@ class Transformer:
 
     def __init__(self, spec, w):
         c = spec["config"]
-        self.bs, self.n_layer, self.n_head, self.w = c["block_size"], c["n_layer"], c["n_head"], w
+        self.bs, self.n_layer, self.n_head, self.w, self.spec = c["block_size"], c["n_layer"], c["n_head"], w, spec
 
-    def init(self, batch):
+    def init(self, batch, labels=None):
         return {"tokens": np.zeros((batch, 0), dtype=np.int64), "start": np.zeros(batch, dtype=np.int64),
                 "k": [np.zeros((batch, 0, self.w["wte.weight"].shape[1]))] * self.n_layer,
                 "v": [np.zeros((batch, 0, self.w["wte.weight"].shape[1]))] * self.n_layer}  # fmt: skip
@@ -238,7 +274,7 @@ class Transformer:
         x = layer_norm(x[:, -1], w["ln_f.weight"], w.get("ln_f.bias"))
         return x @ w["lm_head.weight"].T
 
-    def step(self, ids, state):
+    def step(self, ids, state, labels=None):
         w, state = self.w, dict(state, k=list(state["k"]), v=list(state["v"]))
         t = state["tokens"].shape[1]
         if t >= self.bs:  # slide: re-read the last block_size tokens from position 0
@@ -246,10 +282,13 @@ class Transformer:
             pos = np.arange(self.bs)
             starts = np.maximum.accumulate(np.where(tokens == BOUNDARY, pos, 0), axis=1)  # where each item starts
             mask = (pos[None, None, :] <= pos[None, :, None]) & (pos[None, None, :] >= starts[:, :, None])
-            x = w["wte.weight"][tokens] + w["wpe.weight"][pos - starts]
+            x = with_label(
+                w["wte.weight"][tokens] + w["wpe.weight"][pos - starts], w, self.spec, labels, tokens == BOUNDARY
+            )
             return self.blocks(x, mask, state, 0), dict(state, tokens=tokens)
         start = np.where(ids == BOUNDARY, t, state["start"])
         x = (w["wte.weight"][ids] + w["wpe.weight"][t - start])[:, None]
+        x = with_label(x, w, self.spec, labels, ids[:, None] == BOUNDARY)
         mask = (np.arange(t + 1)[None, :] >= start[:, None])[:, None]  # (B, 1, t + 1): this item's keys
         state["tokens"], state["start"] = np.concatenate([state["tokens"], ids[:, None]], axis=1), start
         return self.blocks(x, mask, state, t), state
@@ -263,14 +302,18 @@ class NGram:
         self.order, self.V, self.w = spec["order"], spec["vocab_size"], w
         self.offsets = w["ctx_offsets"].astype(np.int64)
 
-    def init(self, batch):
+    def init(self, batch, labels=None):
         return np.zeros((batch, self.order - 1), dtype=np.int64)
 
-    def step(self, ids, context):
+    def step(self, ids, context, labels=None):
         context = np.concatenate([context, ids[:, None]], axis=1)[:, 1:]
-        V, P, w = self.V, len(ids), self.w
+        return np.log(self.probs(context)), context
+
+    def probs(self, context):
+        """(P, >= order - 1) symbols before the next -> (P, V) its probabilities."""
+        V, P, w = self.V, len(context), self.w
         keys = np.zeros(P, dtype=np.int64)
-        for j in range(context.shape[1]):
+        for j in range(context.shape[1] - self.order + 1, context.shape[1]):
             keys = keys * V + context[:, j]
         probs = np.full((P, V), 1.0 / V)
         levels = len(self.offsets) - 1
@@ -288,6 +331,26 @@ class NGram:
             first = w["ctx_starts"][a:b][pos] - (np.cumsum(sizes) - sizes)
             entries = first[rows] + np.arange(len(rows))
             probs[rows, w["symbols"][entries]] += w["shares"][entries]
+        return probs
+
+
+class LabelledNGram:
+    """p(. | h, k) = lambda_k p_k(. | h) + (1 - lambda_k) p_shared(. | h); members: the shared model, then each
+    label's."""
+
+    def __init__(self, spec, w):
+        self.models = [build(m, w, f"members.{i}.") for i, m in enumerate(spec["members"])]
+        self.weights, self.n = np.array(spec["weights"]), max(m.order for m in self.models) - 1
+
+    def init(self, batch, labels=None):
+        return np.zeros((batch, self.n), dtype=np.int64)
+
+    def step(self, ids, context, labels=None):
+        context = np.concatenate([context, ids[:, None]], axis=1)[:, 1:]
+        probs = self.models[0].probs(context)
+        for k in [] if labels is None else np.unique(labels):
+            rows, weight = labels == k, self.weights[k]
+            probs[rows] = weight * self.models[k + 1].probs(context[rows]) + (1 - weight) * probs[rows]
         return np.log(probs), context
 
 
@@ -298,18 +361,44 @@ class Mix:
         self.members = [build(m, w, f"members.{i}.") for i, m in enumerate(spec["members"])]
         self.log_weights = [math.log(x) if x > 0 else None for x in spec["weights"]]
 
+    def init(self, batch, labels=None):
+        return [m.init(batch, labels) for m in self.members]
+
+    def step(self, ids, state, labels=None):
+        outs = [m.step(ids, s, labels) for m, s in zip(self.members, state)]
+        terms = [log_softmax(o[0]) + lw for o, lw in zip(outs, self.log_weights) if lw is not None]
+        return logsumexp(np.stack(terms), axis=0), [o[1] for o in outs]
+
+
+class Conditioned:
+    """A labelled net under label weights (K,): one label; a blend (the labels' next-character distributions mixed at
+    every step, as `makemore sample --label a=0.7,b=0.3`); or, posterior, the prior updated by Bayes' rule as the
+    characters come in, so that the mixture is p(item) = sum_k p(k) p(item | k) (as makemore without --label)."""
+
+    def __init__(self, net, weights, posterior=False):
+        self.net, self.posterior = net, posterior
+        self.active = [k for k, x in enumerate(weights) if x > 0]
+        self.log_w = np.log([weights[k] for k in self.active])
+
     def init(self, batch):
-        return [m.init(batch) for m in self.members]
+        labels = [np.full(batch, k) for k in self.active]  # each row steps once per active label
+        return {"labels": labels, "s": [self.net.init(batch, k) for k in labels], "w": np.tile(self.log_w, (batch, 1)),
+                "seen": None}  # fmt: skip
 
     def step(self, ids, state):
-        outs = [m.step(ids, s) for m, s in zip(self.members, state)]
-        terms = [log_softmax(o[0]) + lw for o, lw in zip(outs, self.log_weights) if lw is not None]
-        top = np.max(terms, axis=0)
-        return top + np.log(np.sum([np.exp(t - top) for t in terms], axis=0)), [o[1] for o in outs]
+        w = state["w"]
+        if state["seen"] is not None:  # p(k | the characters so far)
+            w = w + np.stack([logp[np.arange(len(ids)), ids] for logp in state["seen"]], axis=1)
+            w = w - logsumexp(w, axis=1)[:, None]
+        outs = [self.net.step(ids, s, k) for s, k in zip(state["s"], state["labels"])]
+        logps = [log_softmax(o[0]) for o in outs]
+        seen = logps if self.posterior and len(logps) > 1 else None
+        mixed = logsumexp(np.stack(logps) + w.T[:, :, None], axis=0)
+        return mixed, {"labels": state["labels"], "s": [o[1] for o in outs], "w": w, "seen": seen}
 
 
 FAMILIES = {"bigram": Bigram, "mlp": MLP, "wavenet": WaveNet, "recurrent": Recurrent, "transformer": Transformer,
-            "ngram": NGram, "mix": Mix}  # fmt: skip
+            "ngram": NGram, "labelled_ngram": LabelledNGram, "mix": Mix}  # fmt: skip
 
 
 def build(spec, arrays, prefix=""):
@@ -324,6 +413,27 @@ class Model:
         self.stoi = {c: i + 1 for i, c in enumerate(self.chars)}
         self.V = len(self.chars) + 1
         self.net = build(config["model"], arrays)
+        self.labels, self.prior = config.get("labels", []), config.get("label_prior")
+
+    def under(self, label):
+        """What samples and scores: the net, or a labelled one under `label` (a name, "a=0.7,b=0.3", a dict of
+        weights; None: p(item), the labels' prior updated as the characters come in)."""
+        if label is None:
+            return Conditioned(self.net, self.prior, posterior=True) if self.labels else self.net
+        if not self.labels:
+            raise ValueError("this model was trained without labels")
+        if isinstance(label, str):
+            try:
+                label = {n.strip(): float(v) if v else 1.0 for n, _, v in (p.partition("=") for p in label.split(","))}
+            except ValueError:
+                raise ValueError(f"label {label!r}: expected LABEL or LABEL=WEIGHT,LABEL=WEIGHT") from None
+        unknown = [name for name in label if name not in self.labels]
+        if unknown:
+            raise ValueError(f"label {unknown[0]!r} is not a label of this model (labels: {', '.join(self.labels)})")
+        weights = np.array([float(label.get(name, 0.0)) for name in self.labels])
+        if not (np.isfinite(weights).all() and (weights >= 0).all() and weights.sum() > 0):
+            raise ValueError(f"label {label}: weights must be finite, >= 0 and not all 0")
+        return Conditioned(self.net, weights / weights.sum())
 
     def encode(self, text, what="item"):
         missing = sorted({c for c in text if c not in self.stoi})
@@ -331,25 +441,38 @@ class Model:
             raise ValueError(f"{what} {text!r} has characters not in the vocabulary: {' '.join(map(repr, missing))}")
         return [self.stoi[c] for c in text]
 
-    def step(self, ids, state):
-        logits, state = self.net.step(np.asarray(ids, dtype=np.int64), state)
+    def step(self, net, ids, state):
+        logits, state = net.step(np.asarray(ids, dtype=np.int64), state)
         return log_softmax(logits), state
 
-    def score(self, items: str | list[str]) -> list[float]:
-        """Total log-probability of each item (natural log, the end of the item included)."""
+    def score(self, items: str | list[str], label=None) -> list[float]:
+        """Total log-probability of each item (natural log, the end of the item included); a labelled model's given
+        `label` (see `under`)."""
         items = [items] if isinstance(items, str) else list(items)
-        encoded = [self.encode(item) for item in items]
+        encoded, net = [self.encode(item) for item in items], self.under(label)
         totals = [0.0] * len(items)
         for length in sorted({len(e) for e in encoded}):  # one batch per length: every row steps together
             rows = [i for i, e in enumerate(encoded) if len(e) == length]
             tokens = np.array([[BOUNDARY] + encoded[i] + [BOUNDARY] for i in rows], dtype=np.int64)
-            state, picked = self.net.init(len(rows)), []
+            state, picked = net.init(len(rows)), []
             for t in range(length + 1):
-                logp, state = self.step(tokens[:, t], state)
+                logp, state = self.step(net, tokens[:, t], state)
                 picked.append(logp[np.arange(len(rows)), tokens[:, t + 1]])
             for row, values in zip(rows, np.stack(picked, axis=1)):
                 totals[row] = math.fsum(values.tolist())
         return totals
+
+    def classify(self, items: str | list[str]) -> list[dict]:
+        """Per item: the likeliest label and p(label | item) of each, by Bayes' rule with the labels' prior (their
+        shares of the training items), as `makemore classify`."""
+        if not self.labels:
+            raise ValueError("this model was trained without labels")
+        items = [items] if isinstance(items, str) else list(items)
+        with np.errstate(divide="ignore"):
+            scores = np.array([self.score(items, {name: 1}) for name in self.labels]).T.reshape(len(items), -1)
+            probs = np.exp(log_softmax(scores + np.log(self.prior)))
+        return [{"item": item, "label": self.labels[int(np.argmax(row))], "probs": dict(zip(self.labels, row.tolist()))}
+                for item, row in zip(items, probs)]  # fmt: skip
 
     def sample(
         self,
@@ -363,6 +486,7 @@ class Model:
         min_len: int = 1,
         logprobs: bool = False,
         conditioning: str = "auto",
+        label=None,
     ) -> list:
         """n items drawn from the model (temperature, then top-k, as makemore samples). prefix/suffix: every item
         starts/ends with them; min_len/max_len: characters per item (default max: the run's). Items are strings, or
@@ -372,7 +496,8 @@ class Model:
         that end with it (exactly the model conditioned on the suffix; after max(2000, 200 n) candidates it masks
         the rest); "mask" forces it step by step (always fast,
         but it favours items whose early characters made the suffix hard to reach, often long ones); "auto" rejects
-        while at least 0.5% of the candidates pass (judged after 2,000), then masks for the rest."""
+        while at least 0.5% of the candidates pass (judged after 2,000), then masks for the rest. A labelled model
+        samples given `label` (see `under`; None: from p(item))."""
         max_len = self.config["max_len"] if max_len is None else max_len
         if temperature <= 0 or (top_k is not None and top_k < 1) or n < 0 or min_len < 0 or max_len < 1:
             raise ValueError("need temperature > 0, top_k >= 1, n >= 0, min_len >= 0, max_len >= 1")
@@ -383,13 +508,13 @@ class Model:
         if len(pre) > max_len:
             raise ValueError(f"the prefix has {len(pre)} characters, over max_len {max_len}")
         masked = self._constraint(pre, suf, min_len, max_len)
-        state = self.net.init(1)
+        net = self.under(label)
         total = 0.0
-        logp, state = self.step([BOUNDARY], state)
+        logp, state = self.step(net, [BOUNDARY], net.init(1))
         for token in pre:
             total += logp[0, token]
-            logp, state = self.step([token], state)
-        primed = (logp, state, total)
+            logp, state = self.step(net, [token], state)
+        primed = (net, logp, state, total)
         if not masked[0](len(pre), masked[2](pre)).any():
             raise ValueError(
                 f"no item of {min_len}..{max_len} characters starts with {prefix!r} and ends with {suffix!r}"
@@ -413,7 +538,7 @@ class Model:
     def _draw(self, n, pre, primed, constraint, temperature, top_k, rng):
         """n (item, log-prob) pairs from the primed prefix under `constraint` (masks, KMP table, start state)."""
         allowed, advance, start = constraint
-        logp, state, total = primed
+        net, logp, state, total = primed
         # Rows whose items so far are equal share one state row (all of them after the prefix, at most V after one
         # character...): `parent` maps rows to state rows while that saves work, as makemore's decoder does.
         parent, logp = np.zeros(n, dtype=np.int64), logp[np.zeros(n, dtype=np.int64)]
@@ -439,13 +564,13 @@ class Model:
                 parent = parent[keep]
                 pairs, inverse = np.unique(parent * self.V + chosen, return_inverse=True)
                 if len(pairs) <= len(chosen) // 2:
-                    logp, state = self.step(pairs % self.V, select(state, pairs // self.V))
+                    logp, state = self.step(net, pairs % self.V, select(state, pairs // self.V))
                     logp, parent = logp[inverse.reshape(-1)], inverse.reshape(-1)
                     continue
                 state, parent = select(state, parent), None
             else:
                 state = select(state, keep)
-            logp, state = self.step(chosen, state)
+            logp, state = self.step(net, chosen, state)
         items = ["".join(self.chars[i - 1] for i in ids) for ids in out]
         return list(zip(items, totals.tolist()))
 
@@ -507,16 +632,22 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--seed", type=int, default=None)
     c = commands.add_parser("score", help="total log-probability of each item")
     c.add_argument("items", nargs="+")
+    for command in (s, c):
+        command.add_argument("--label", default=None, help="labelled models: LABEL or a blend LABEL=W,LABEL=W")
+    commands.add_parser("classify", help="p(label | item) of each label").add_argument("items", nargs="+")
     args = parser.parse_args(argv)
     try:
         model = load(args.model)
         if args.command == "sample":
-            options = {k: getattr(args, k) for k in ("n", "temperature", "top_k", "prefix", "suffix", "seed")}
+            options = {k: getattr(args, k) for k in ("n", "temperature", "top_k", "prefix", "suffix", "seed", "label")}
             for item in model.sample(min_len=args.min_len, max_len=args.max_len, **options):
                 print(item)
-        else:
-            for item, total in zip(args.items, model.score(args.items)):
+        elif args.command == "score":
+            for item, total in zip(args.items, model.score(args.items, args.label)):
                 print(f"{item}\t{total:.6f}")
+        else:
+            for r in model.classify(args.items):
+                print("\t".join([r["item"], r["label"], *(f"{k}={p:.6f}" for k, p in r["probs"].items())]))
     except (ValueError, OSError) as error:
         print(f"makemore_sampler: error: {error}", file=sys.stderr)
         return 2
