@@ -5,6 +5,8 @@ percentiles as JSON.
     python benchmarks/serve_load.py                       # trains a default transformer for 300 steps first
     python benchmarks/serve_load.py --run runs/names-tf   # an existing run
     python benchmarks/serve_load.py --same-seed           # every request alike: a shared link opened many times
+    python benchmarks/serve_load.py --run RUN --task-cpu  # no server: a worker's CPU per request, speed-ups on/off
+
 
 Each request has its own seed unless --same-seed, so the server's answer cache cannot help: every request is sampled.
 The clients run in this process (asyncio + httpx) on the same machine, so they take CPU from the server too.
@@ -127,6 +129,49 @@ async def load(base: str, run: str, args: argparse.Namespace, server_pid: int) -
     }
 
 
+def task_cpu(run_dir: Path, args: argparse.Namespace, rounds: int = 12, per_round: int = 25) -> dict:
+    """What a sampling worker spends on one request (the task alone, in this process, one torch thread), with the
+    server's speed-ups (models/transformer_step.py's lean transformer step; the nearest data items in one rapidfuzz
+    call) on and off, in alternating rounds so that a machine shared with other work slows both alike. Both give the
+    same items and log-probs (tests/test_serve_speed.py)."""
+    import torch
+
+    from makemore.generation import novelty
+    from makemore.serve.runs import RunTable
+    from makemore.serve.schemas import SampleRequest
+    from makemore.serve.tasks import sample
+
+    torch.set_num_threads(1)
+    table = RunTable([run_dir])
+    name = run_dir.resolve().name
+    model = table.load(name).model
+    lean, one_call = vars(model).get("step"), novelty.ONE_CALL_QUERIES
+    body = SampleRequest(run=name, n=args.n, nearest=not args.no_nearest).task_args()
+    times: dict[str, list[float]] = {"off": [], "on": []}
+    seed = 0
+    for _ in range(rounds):
+        for setting in times:
+            vars(model).pop("step", None)
+            if setting == "on" and lean is not None:
+                vars(model)["step"] = lean
+            novelty.ONE_CALL_QUERIES = one_call if setting == "on" else 0
+            start = time.process_time()
+            for i in range(per_round):
+                sample(table, {**body, "seed": seed + i})
+            times[setting].append(1000 * (time.process_time() - start) / per_round)
+        seed += per_round
+    novelty.ONE_CALL_QUERIES = one_call
+    return {
+        "n": args.n,
+        "nearest": not args.no_nearest,
+        "lean_step": lean is not None,
+        "requests": rounds * per_round,
+        "cpu_ms_per_request_speedups_off": round(statistics.median(times["off"]), 2),
+        "cpu_ms_per_request_speedups_on": round(statistics.median(times["on"]), 2),
+        "load_average_1min": round(os.getloadavg()[0], 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", help="a trained line-mode run (default: train a transformer first)")
@@ -137,9 +182,15 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="makemore serve --workers (default: 2)")
     parser.add_argument("--same-seed", action="store_true", help="every request alike (the answer cache serves)")
     parser.add_argument("--no-nearest", action="store_true", help='send "nearest": false (no edit-distance search)')
+    parser.add_argument(
+        "--task-cpu", action="store_true", help="no server: a worker's CPU per request, its speed-ups on and off"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as work:
         run = Path(args.run) if args.run else trained_run(Path(work), args.train_steps)
+        if args.task_cpu:
+            print(json.dumps(task_cpu(run, args), indent=2))
+            return
         port = free_port()
         command = [sys.executable, "-m", "makemore", "serve", str(run), "--port", str(port),
                    "--workers", str(args.workers)]  # fmt: skip

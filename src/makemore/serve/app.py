@@ -28,7 +28,7 @@ from makemore.serve.jobs import FINAL, Job, QueueFull, TrainQueue
 from makemore.serve.plots import KINDS, plot_png
 from makemore.serve.pool import Pool, TimeLimit, WorkerCrash
 from makemore.serve.runs import Conflict, NotFound, RunTable, TooLarge
-from makemore.serve.schemas import SampleRequest, ScoreRequest, TrainRequest
+from makemore.serve.schemas import ClassifyRequest, SampleRequest, ScoreRequest, TrainRequest
 
 STATIC = Path(__file__).parent / "static"
 MAX_UPLOAD = 50 * 1024 * 1024
@@ -189,7 +189,7 @@ def create_app(
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     # ------------------------------------------------------------------------------------------------- runs
-    @app.get("/api/runs", summary="The runs served: name, model, best val NLL (nats/token), steps, mode")
+    @app.get("/api/runs", summary="The runs served: name, model, best val NLL (nats/token), steps, mode, labels")
     async def list_runs() -> list[dict[str, Any]]:
         rows = await asyncio.to_thread(table.summary)
         busy = jobs().busy_paths()
@@ -224,7 +224,10 @@ def create_app(
         return await asyncio.to_thread(training.datasets)
 
     # --------------------------------------------------------------------------------------- generate, score
-    @app.post("/api/sample", summary="Generate items (Run.generate): item, logprob, status, nearest data item")
+    @app.post(
+        "/api/sample",
+        summary="Generate items (Run.generate): item, logprob, status, nearest data item; label: given a label",
+    )
     async def sample(body: SampleRequest) -> Response:
         args = body.task_args()
         if args["seed"] is None and args["best"] is None:
@@ -232,9 +235,16 @@ def create_app(
         result = await pool.call("sample", args)
         return fast_json({"run": body.run, "seed": args["seed"], **result})
 
-    @app.post("/api/score", summary="Score items (Run.score): total log-prob and per-character log-probs")
+    @app.post(
+        "/api/score",
+        summary="Score items (Run.score): total log-prob and per-character log-probs; labelled runs: label, probs",
+    )
     async def score(body: ScoreRequest) -> Response:
         return fast_json(await pool.call("score", body.model_dump()))
+
+    @app.post("/api/classify", summary="p(label | item) under a labelled run (makemore classify): label, probs")
+    async def classify(body: ClassifyRequest) -> Response:
+        return fast_json(await pool.call("classify", body.model_dump()))
 
     # ------------------------------------------------------------------------------------------------ training
     train_body = {"content": {"application/json": {"schema": TrainRequest.model_json_schema()}}}

@@ -16,6 +16,7 @@ from typing import Any
 
 from makemore.api import Run
 from makemore.errors import MakemoreError
+from makemore.models import transformer_step
 from makemore.runs import checkpoint as ckpt
 from makemore.runs.info import describe_run
 
@@ -140,6 +141,7 @@ class RunTable:
         entry = self.entry(name)
         if entry.run is None:
             run = Run.load(entry.path)
+            transformer_step.install(run.model)  # the same logits with less Python per decoding step
             run.novelty.workers = 1  # rapidfuzz's thread fan-out costs more than it saves on a page's few items
             run.novelty.nearest(["\x00"])  # builds the edit-distance index now, not in the first request's time
             entry.run = run
@@ -168,6 +170,7 @@ class RunTable:
                     "steps": info["steps"],
                     "parameters": info["parameters"],
                     "mode": info["data"].get("mode", "line"),
+                    "labels": list(info["data"].get("labels") or []),  # a labelled run's: sample given one
                 }
             )
         return rows

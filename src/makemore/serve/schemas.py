@@ -30,6 +30,20 @@ class SampleRequest(BaseModel):
     min_distance: int | None = Field(None, description="edit distance >= this to every data item")
     best: int | None = Field(None, description="exactly the K most probable items (best-first search); n is ignored")
     nearest: bool = Field(True, description="report each item's nearest data item and its edit distance")
+    label: str | dict[str, float] | None = Field(
+        None,
+        description="labelled runs: draw given a label ('female'), or a blend ('female=0.7,male=0.3' or "
+        '{"female": 0.7, "male": 0.3}); items then carry it. null: p(item) = sum over labels of '
+        "p(label) p(item | label)",
+    )
+    blend: str = Field(
+        "mixture",
+        description="a blend of labels: mixture (the labels' next-character distributions mixed at every step) or "
+        "embedding (one model reading the interpolated label embedding)",
+    )
+    label_guidance: float | None = Field(
+        None, description="with one label: items more typical of it (0: exactly p(item | label); null: the default, 1)"
+    )
 
     def task_args(self) -> dict[str, Any]:
         args = self.model_dump()
@@ -46,6 +60,20 @@ class ScoreRequest(BaseModel):
     run: str
     items: list[str]
     sort: bool = Field(False, description="most plausible (lowest NLL per token) first")
+    label: str | None = Field(
+        None, description="labelled runs: score given this label (or a blend 'female=0.7,male=0.3'); null: p(item)"
+    )
+
+
+class ClassifyRequest(BaseModel):
+    """p(label | item) under a labelled run (Bayes' rule on p(item | label) and the labels' shares of train): the
+    most probable label and every label's probability, as `makemore classify` gives them. Labelled runs' scores
+    (POST /api/score) carry the same fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run: str
+    items: list[str]
 
 
 class TrainRequest(BaseModel):
@@ -55,7 +83,11 @@ class TrainRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset: str | None = Field(None, description="a built-in dataset (GET /api/datasets)")
-    model: str | None = Field(None, description="a model of the registry (GET /api/models)")
+    model: str | None = Field(
+        None,
+        description="a model of the registry (GET /api/models), or auto (makemore train's default: the best mix a "
+        "time budget buys; settings: time_budget, seed); null: makemore.train's default",
+    )
     name: str | None = Field(None, description="the new run's name (default: <data>-<model>)")
     preset: str | None = None
     mode: str = Field("auto", description="line, stream or auto")
@@ -63,3 +95,6 @@ class TrainRequest(BaseModel):
         default_factory=dict, description='training and model settings by name, e.g. {"max_steps": 500, "lr": 3e-3}'
     )
     resume: str | None = Field(None, description="continue this run where it stopped")
+    labelled: bool = Field(
+        False, description="the uploaded file has label<TAB>item lines: a run that generates given a label"
+    )

@@ -37,6 +37,8 @@ def sample(table: RunTable, args: dict[str, Any]) -> dict[str, Any]:
         sampling.update(top_k=args["top_k"], top_p=args["top_p"])
     elif args["top_k"] is not None or args["top_p"] is not None or args["temperature"] != 1.0:
         raise MakemoreError("best K returns the K most probable items; it takes no temperature, top_k or top_p")
+    if args.get("label") is not None or args.get("label_guidance") is not None:  # (else: as an unlabelled request)
+        sampling.update(label=args["label"], blend=args.get("blend", "mixture"), label_guidance=args["label_guidance"])
     result = run.generate(
         n,
         best=best,
@@ -57,13 +59,11 @@ def sample(table: RunTable, args: dict[str, Any]) -> dict[str, Any]:
 
 def score(table: RunTable, args: dict[str, Any]) -> dict[str, Any]:
     """`Run.score` of the items given: total log-prob and per-character log-probs of each, in the order given (or
-    most plausible first with sort)."""
+    most plausible first with sort). A labelled run's items also carry `label` (the most probable) and `probs`
+    (p(label | item) of every label), as `classify` gives them."""
     run = table.load(args["run"])
     items = args["items"]
-    if not items:
-        raise MakemoreError("nothing to score: give items")
-    if len(items) > MAX_SCORE_ITEMS:
-        raise MakemoreError(f"at most {MAX_SCORE_ITEMS:,} items per request, got {len(items):,}")
+    check_items(items, "score")
     for number, item in enumerate(items, start=1):
         if not item:
             raise MakemoreError("cannot score an empty string")
@@ -73,10 +73,28 @@ def score(table: RunTable, args: dict[str, Any]) -> dict[str, Any]:
             raise MakemoreError(
                 f"item {number}: item {item[:40]!r} has characters not in the model's vocabulary: {shown}"
             )
-    results = run.score(items, sort=args["sort"])
+    label = args.get("label")
+    results = run.score(items, sort=args["sort"], **({"label": label} if label is not None else {}))
+    classified = {c["item"]: c for c in run.classify(items)} if run.labels else {}
     for result in results:
         result["status"] = run.novelty.status(result["item"])
+        if classified:
+            result.update(label=classified[result["item"]]["label"], probs=classified[result["item"]]["probs"])
     return {"items": [plain(result) for result in results]}
+
+
+def classify(table: RunTable, args: dict[str, Any]) -> dict[str, Any]:
+    """`Run.classify`: each item's most probable label and p(label | item) of every label (`makemore classify`)."""
+    run = table.load(args["run"])
+    check_items(args["items"], "classify")
+    return {"items": [plain(result) for result in run.classify(args["items"])]}
+
+
+def check_items(items: list[str], what: str) -> None:
+    if not items:
+        raise MakemoreError(f"nothing to {what}: give items")
+    if len(items) > MAX_SCORE_ITEMS:
+        raise MakemoreError(f"at most {MAX_SCORE_ITEMS:,} items per request, got {len(items):,}")
 
 
 def plain(item: dict[str, Any]) -> dict[str, Any]:
@@ -87,6 +105,8 @@ def plain(item: dict[str, Any]) -> dict[str, Any]:
             value = round(value, 6) if math.isfinite(value) else None
         elif key == "char_logprobs":
             value = [[c, round(lp, 5) if math.isfinite(lp) else None] for c, lp in value]
+        elif key == "probs":
+            value = {label: round(p, 6) for label, p in value.items()}
         out[key] = value
     return out
 
@@ -97,4 +117,4 @@ def load(table: RunTable, args: dict[str, Any]) -> None:
     table.load(args["run"])
 
 
-TASKS = {"sample": sample, "score": score, "load": load}
+TASKS = {"sample": sample, "score": score, "classify": classify, "load": load}

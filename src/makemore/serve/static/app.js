@@ -111,15 +111,28 @@ const MM = (() => {
     return value === "" || value === undefined ? null : parse(value, 10);
   }
 
-  // The page's settings -> POST /api/sample's body.
+  // A labelled run's label setting, as the CLI's --label takes it: "female", or a blend "female=0.7,male=0.3"
+  // (label2 blended in with weight = the first label's share). null: no label (p(item) summed over the labels).
+  function labelSpec(s) {
+    if (!s.label) return null;
+    if (!s.label2 || s.label2 === s.label) return s.label;
+    const w = Math.min(1, Math.max(0, number(s.weight, parseFloat) ?? 0.5));
+    const share = (x) => String(Math.round(x * 100) / 100);
+    return `${s.label}=${share(w)},${s.label2}=${share(1 - w)}`;
+  }
+
+  // The page's settings -> POST /api/sample's body (a label only when one is chosen: unlabelled runs take none).
   function sampleBody(s) {
-    return {
+    const body = {
       run: s.run, n: number(s.n) ?? 20, seed: number(s.seed), temperature: number(s.temperature, parseFloat) ?? 1,
       top_k: number(s.top_k), top_p: number(s.top_p, parseFloat), prefix: s.prefix || "", suffix: s.suffix || "",
       contains: (s.contains || "").split(",").map((c) => c.trim()).filter(Boolean), regex: s.regex || "",
       min_len: number(s.min_len), max_len: number(s.max_len), only_new: !!s.only_new, unique: !!s.unique,
       min_distance: number(s.min_distance), best: number(s.best),
     };
+    const label = labelSpec(s);
+    if (label) body.label = label;
+    return body;
   }
 
   function download(name, text, type) {
@@ -150,8 +163,8 @@ const MM = (() => {
     return el("span", { class: "badge " + status, text: status.replace(/-/g, " ") });
   }
 
-  return { api, withToken, el, banner, setUrl, formSettings, fillForm, showView, loadRuns, sampleBody, download,
-    copy, badge, number, query, runs: () => runs };
+  return { api, withToken, el, banner, setUrl, formSettings, fillForm, showView, loadRuns, sampleBody, labelSpec,
+    download, copy, badge, number, query, runs: () => runs };
 })();
 
 // ------------------------------------------------------------------------------------------------------ Generate
@@ -202,11 +215,56 @@ const Generate = (() => {
       MM.el("td", {}, near));
   }
 
+  // The label selector: shown for a labelled run, with its labels; a second label blends in with a weight.
+  const labelsBox = document.getElementById("gen-labels");
+
+  function labelsOf(name) {
+    const info = MM.runs().find((r) => r.name === name);
+    return info && info.labels ? info.labels : [];
+  }
+
+  // keepUnknown: a shared link's label stays even if the run lacks it, so that the server says what is wrong
+  function updateLabels(keepUnknown = false) {
+    const labels = labelsOf(form.elements.run.value);
+    for (const [name, empty] of [["label", "any label"], ["label2", "no blend"]]) {
+      const select = form.elements[name];
+      const previous = select.value;
+      const kept = previous && !labels.includes(previous) && keepUnknown ? [previous] : [];
+      select.replaceChildren(MM.el("option", { value: "", text: empty }),
+        ...[...labels, ...kept].map((label) => MM.el("option", { value: label, text: label })));
+      select.value = labels.includes(previous) || kept.length ? previous : "";
+    }
+    labelsBox.hidden = !labels.length && !form.elements.label.value;
+    showWeight();
+  }
+
+  function showWeight() {
+    const { label, label2, weight } = form.elements;
+    const blending = !!label.value && !!label2.value && label2.value !== label.value;
+    weight.closest("label").hidden = !blending;
+    label2.disabled = !label.value;
+    const w = Math.round(parseFloat(weight.value) * 100);
+    document.getElementById("gen-weight").textContent = blending ? `${label.value} ${w}% · ${label2.value} ${100 - w}%` : "";
+  }
+
+  function labelText(settings) {
+    const spec = MM.labelSpec(settings);
+    if (!spec) return "";
+    const parts = spec.split(",").map((part) => part.split("="));
+    return parts.length === 1 ? `label ${spec}`
+      : "blend " + parts.map(([label, share]) => `${label} ${Math.round(parseFloat(share) * 100)}%`).join(" + ");
+  }
+
   async function run() {
     const settings = MM.formSettings(form);
     if (!settings.run) {
       MM.banner("No run to sample from yet: train one under Train.");
       return;
+    }
+    if (!settings.label) delete settings.label;  // (the URL keeps only what applies)
+    if (!settings.label || !settings.label2 || settings.label2 === settings.label) {
+      delete settings.label2;
+      delete settings.weight;
     }
     const button = form.querySelector("button[type=submit]");
     button.disabled = true;
@@ -221,8 +279,9 @@ const Generate = (() => {
       document.getElementById("gen-table").hidden = !result.items.length;
       for (const id of ["gen-copy", "gen-txt", "gen-csv", "gen-link"]) document.getElementById(id).disabled = false;
       const news = result.items.filter((i) => i.status === "new").length;
+      const given = labelText(settings);
       document.getElementById("gen-summary").textContent =
-        `${result.items.length} items from ${settings.run}, seed ${settings.seed || "—"}: ${news} new`;
+        `${result.items.length} items from ${settings.run}${given ? ", " + given : ""}, seed ${settings.seed || "—"}: ${news} new`;
       const note = document.getElementById("gen-note");
       note.textContent = result.note || "";
       note.hidden = !result.note;
@@ -247,12 +306,14 @@ const Generate = (() => {
   }
 
   form.addEventListener("submit", (event) => { event.preventDefault(); run(); });
+  form.elements.run.addEventListener("change", () => updateLabels());
+  for (const name of ["label", "label2", "weight"]) form.elements[name].addEventListener("input", showWeight);
   document.getElementById("gen-copy").onclick = (e) => last && MM.copy(last.result.items.map((i) => i.item).join("\n") + "\n", e.target);
   document.getElementById("gen-txt").onclick = () => last && MM.download(fileName("txt"), last.result.items.map((i) => i.item).join("\n") + "\n", "text/plain");
   document.getElementById("gen-csv").onclick = () => last && MM.download(fileName("csv"), csv(last.result.items), "text/csv");
   document.getElementById("gen-link").onclick = (e) => MM.copy(location.href, e.target);
   renderFavourites();
-  return { run, form };
+  return { run, form, updateLabels };
 })();
 
 // ------------------------------------------------------------------------------------------------------- Compare
@@ -301,9 +362,11 @@ const Compare = (() => {
   const view = MM.query.get("view") || "generate";
   MM.showView(view, false);
   await MM.loadRuns();
+  Generate.updateLabels();
   // A shared link: fill the view's form from the URL and run it, which reproduces the list.
   if (view === "generate" && MM.query.get("run")) {
     MM.fillForm(Generate.form, MM.query);
+    Generate.updateLabels(true);
     Generate.run();
   } else if (view === "compare" && MM.query.get("run_a")) {
     MM.fillForm(Compare.form, MM.query);

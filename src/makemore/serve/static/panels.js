@@ -20,6 +20,16 @@ const Score = (() => {
     }));
   }
 
+  // A labelled run's p(label | item): each label with its probability and a bar, the most probable first.
+  function labelProbs(r) {
+    if (!r.probs) return null;
+    const ranked = Object.entries(r.probs).sort((a, b) => b[1] - a[1]);
+    return MM.el("div", { class: "label-probs", title: "p(label | item): Bayes' rule on p(item | label) and the labels' shares of train" },
+      ...ranked.map(([label, p]) => MM.el("span", { class: "label-prob" + (label === r.label ? " top" : "") },
+        label, MM.el("span", { class: "bar" }, MM.el("span", { style: `width:${(100 * p).toFixed(1)}%` })),
+        `${(100 * p).toFixed(p >= 0.995 || p < 0.005 ? 0 : 1)}%`)));
+  }
+
   async function run() {
     const s = MM.formSettings(form);
     const items = s.items.split("\n").map((line) => line.trim()).filter(Boolean);
@@ -32,9 +42,12 @@ const Score = (() => {
           MM.el("span", { class: "name", text: (s.sort ? `${i + 1}. ` : "") + r.item }),
           MM.el("span", { class: "muted" }, `log-prob ${r.logprob.toFixed(2)} · NLL/char ${r.nll_per_token.toFixed(2)} · `,
             MM.badge(r.status))),
+        labelProbs(r),
         strip(r.char_logprobs))));
+      const labelled = result.items.some((r) => r.probs);
       document.getElementById("score-summary").textContent = `${result.items.length} scored by ${s.run}` +
-        (s.sort ? ", most plausible first (lowest NLL per character)." : ". Each box: a character and its probability.");
+        (s.sort ? ", most plausible first (lowest NLL per character)." : ". Each box: a character and its probability.") +
+        (labelled ? " Bars: p(label | name), from this labelled run." : "");
       MM.banner("");
     } catch (error) {
       MM.banner(error.message);

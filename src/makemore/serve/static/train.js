@@ -105,7 +105,7 @@ const Train = (() => {
         source.close();
         if (event.error) log("error: " + event.error);
         MM.api(`/api/jobs/${job.id}`).then(showJob, (error) => MM.banner(error.message));
-        MM.loadRuns();
+        MM.loadRuns().then(() => Generate.updateLabels());
         refreshJobs();
       }
       draw();
@@ -134,9 +134,10 @@ const Train = (() => {
   async function start() {
     const s = MM.formSettings(form);
     const steps = MM.number(s.max_steps) || 2000;
-    // a curve with ~100 points and ~10 evaluations, whatever the length
-    const settings = { max_steps: steps, log_every: Math.max(1, Math.min(100, Math.round(steps / 100))),
-      eval_every: Math.max(10, Math.min(500, Math.round(steps / 10))) };
+    // a curve with ~100 points and ~10 evaluations, whatever the length; auto plans its own (a time budget)
+    const settings = s.model === "auto" ? { time_budget: MM.number(s.time_budget, parseFloat) || 120 }
+      : { max_steps: steps, log_every: Math.max(1, Math.min(100, Math.round(steps / 100))),
+        eval_every: Math.max(10, Math.min(500, Math.round(steps / 10))) };
     const fromFile = form.querySelector("input[name=source]:checked").value === "file";
     const button = form.querySelector("button[type=submit]");
     button.disabled = true;
@@ -148,6 +149,7 @@ const Train = (() => {
         const data = new FormData();
         data.append("file", file);
         data.append("model", s.model);
+        if (s.labelled) data.append("labelled", "true");
         if (s.name) data.append("name", s.name);
         data.append("settings", JSON.stringify(settings));
         job = await MM.api("/api/train", { body: data, method: "POST" });
@@ -170,9 +172,11 @@ const Train = (() => {
       models = registry.filter((m) => m.trainable);
       const dataset = document.getElementById("dataset-select");
       dataset.replaceChildren(...datasets.map((d) => MM.el("option", { value: d.name, selected: d.default,
-        text: `${d.name} (${d.items.toLocaleString()} items)` })));
+        text: `${d.name} (${d.items.toLocaleString()} items${d.labelled ? ", labelled" : ""})`,
+        title: d.labelled ? `labels: ${d.labels.join(", ")}` : null })));
       const model = document.getElementById("model-select");
-      model.replaceChildren(...models.map((m) => MM.el("option", { value: m.name, selected: m.name === "transformer", text: m.name })));
+      model.replaceChildren(...models.map((m) => MM.el("option", { value: m.name, selected: m.default,
+        text: m.default ? `${m.name} (the default)` : m.name })));
       describeModel();
     } catch (error) {
       MM.banner(error.message);
@@ -185,11 +189,17 @@ const Train = (() => {
   function describeModel() {
     const chosen = models.find((m) => m.name === form.elements.model.value);
     document.getElementById("model-summary").textContent = chosen ? chosen.summary : "";
+    const auto = form.elements.model.value === "auto";  // auto takes a time budget and plans the rest
+    document.getElementById("steps-field").hidden = auto;
+    document.getElementById("budget-field").hidden = !auto;
   }
 
   form.addEventListener("submit", (event) => { event.preventDefault(); start(); });
   form.elements.model.addEventListener("change", describeModel);
   form.elements.file.addEventListener("change", () => { form.querySelector("input[value=file]").checked = true; });
+  form.elements.labelled.addEventListener("change", () => {
+    if (form.elements.labelled.checked) form.querySelector("input[value=file]").checked = true;  // (uploads only)
+  });
   document.getElementById("job-stop").onclick = async (event) => {
     try { showJob(await MM.api(`/api/jobs/${event.target.dataset.job}/stop`, { method: "POST" })); } catch (error) { MM.banner(error.message); }
   };
