@@ -335,7 +335,7 @@ def test_label_guidance_draws_items_more_typical_of_the_label(overlapping_run):
     for label in ("a", "b"):
         shares = [classified_as(overlapping_run, label, w) for w in (0.0, 1.0, 3.0)]
         assert shares[0] + 0.05 < shares[1] < shares[2], (label, shares)
-    assert classified_as(overlapping_run, "a", None) == classified_as(overlapping_run, "a", 1.0)  # the default
+    assert classified_as(overlapping_run, "a", None) == classified_as(overlapping_run, "a", 1.5)  # the default
 
 
 def test_no_guidance_is_exactly_the_conditional_model(overlapping_run):

@@ -188,7 +188,7 @@ class Run(LabelledRun):
 
         `label` (labelled runs): draw given a label, or a blend such as "female=0.7,male=0.3" (`blend`: "mixture"
         or "embedding", see `under_label`); items then carry `label`. Without one, a labelled run draws from
-        p(item) = sum_k p(k) p(item | k). `label_guidance` w (one label; default 1, 0 for exactly p(item | label))
+        p(item) = sum_k p(k) p(item | k). `label_guidance` w (one label; default 1.5, 0 for exactly p(item | label))
         draws items more typical of the label (classifier-free guidance at every character; models.labels.Guided);
         an item's logprob is then under the guided model.
         """

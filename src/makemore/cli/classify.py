@@ -31,7 +31,7 @@ def add_label_sample_flags(parser: Any) -> None:
         type=float,
         metavar="W",
         help="with one --label: draw items typical of it (classifier-free guidance at every character: W = 0 "
-        "draws from p(item | label), 1 also weighs each item by p(label | item)) (default: 1)",
+        "draws from p(item | label), 1 also weighs each item by p(label | item)) (default: 1.5)",
     )
 
 
