@@ -59,3 +59,28 @@ def test_no_thread_chooser_is_left():
     from makemore.training import trainer
 
     assert not hasattr(trainer, "ThreadChooser") and not hasattr(trainer, "OtherLoad")
+
+
+def test_the_allocator_setting_changes_speed_only(tmp_path, monkeypatch):
+    """devices.keep_freed_memory (glibc's mmap and trim thresholds) is set by every CPU trainer; a run with glibc's
+    default thresholds put back first trains to the same weights."""
+    import ctypes
+    import sys
+
+    from makemore.training import devices, trainer
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc only")
+    mallopt = ctypes.CDLL("libc.so.6").mallopt
+    kept = train(tmp_path / "kept").model.state_dict()
+    calls = []
+    monkeypatch.setattr(trainer, "keep_freed_memory", lambda: calls.append(1) or False)
+    mallopt(devices.M_MMAP_THRESHOLD, 128 * 1024)  # glibc's defaults (a fixed threshold, no longer adaptive)
+    mallopt(devices.M_TRIM_THRESHOLD, 128 * 1024)
+    try:
+        plain = train(tmp_path / "plain").model.state_dict()
+    finally:
+        monkeypatch.undo()
+        devices.keep_freed_memory()
+    assert calls == [1]  # the trainer asked for it (and, patched, left glibc's defaults in place)
+    assert kept.keys() == plain.keys() and all(torch.equal(kept[k], plain[k]) for k in kept)

@@ -1,8 +1,10 @@
-"""Where training runs: the device, autocast for the chosen dtype, and fp16's gradient scaler."""
+"""Where training runs: the device, autocast for the chosen dtype, fp16's gradient scaler, and the C allocator."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import sys
 from typing import Any
 
 import torch
@@ -33,6 +35,28 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cpu" and device.index not in (None, 0):
         raise MakemoreError(f"--device {name}: the CPU is device cpu")
     return device
+
+
+# glibc's mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc keep the large blocks a training step frees for the next step, instead of handing them back to
+    the kernel and faulting fresh zeroed pages in again. By default it serves blocks over 128 KB with mmap until its
+    adaptive threshold has seen enough frees: a small model's first few hundred CPU steps ran ~25% slower than
+    the rest (Tiny Shakespeare, the stream preset: 15.2k against 21.1k tokens/s), which also made a time budget
+    become a schedule ~20% too short (it is timed over those steps). Only speed changes: every number is the same.
+    The memory kept is at most the largest step's. Linux with glibc only; elsewhere nothing happens. True if set."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # another C library (musl): leave it be
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    # 32 MB: glibc's largest mmap threshold (larger blocks still come from mmap); trim only past 1 GB of free top
+    return bool(mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))
 
 
 def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:

@@ -29,7 +29,7 @@ from makemore.runs import checkpoint as ckpt
 from makemore.training import distributed
 from makemore.training.checkpointing import RunWriter, TrainingParts, restore_checkpoint, save_checkpoint
 from makemore.training.config import TrainConfig, TrainState
-from makemore.training.devices import resolve_device
+from makemore.training.devices import keep_freed_memory, resolve_device
 from makemore.training.diagnostics import TENSORBOARD_HINT, Observer, grad_norm_of
 from makemore.training.evaluation import evaluate
 from makemore.training.optim import WeightAverage, build_optimizer
@@ -71,6 +71,8 @@ class Trainer:
         self.dist = distributed.current()  # rank and world size under torchrun; a single process otherwise
         self.device = distributed.local_device(resolve_device(config.device), self.dist)
         self.model = model.to(self.device)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # speed only (devices.keep_freed_memory)
         self.splits = splits
         self.run_dir = Path(run_dir)
         self.on_event = on_event or (lambda event: None)
