@@ -78,9 +78,10 @@ def test_the_budget_becomes_a_step_count_after_the_warmup_or_probe():
     for step in range(4):
         short.seconds_at(step, float(step))
     assert short.fixes_at(4)  # the trainer times an evaluation here: 0.5 s, for an evaluation every 10 steps
-    short.extra_per_step = 0.05
-    short.seconds_at(4, 4.0)
-    assert short.steps == 4 + int(schedule.TIME_SHARE * 96 / 1.05)  # fixed by the end of warmup
+    short.timed_evaluation(0.5, 10)
+    short.seconds_at(4, 4.5)  # the clock now includes the evaluation, which is not the steps' own speed
+    # the steps take 1 s each ((4.5 - 0.5 - 1.0) s over steps 1-4 is 1 s a step), plus 0.05 s of evaluation each
+    assert short.steps == 4 + int(schedule.TIME_SHARE * 95.5 / 1.05)  # fixed by the end of warmup
 
 
 def test_a_budgeted_run_equals_max_steps_of_its_recorded_length(tmp_path, names_file, fake_clock):

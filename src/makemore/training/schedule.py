@@ -60,11 +60,18 @@ class Horizon:
         self.timed_from: tuple[int, float] | None = None  # (step, clock) where timing started
         # what else each step costs over the run: evaluation every eval_every steps (timed once by the trainer)
         self.extra_per_step = 0.0
+        self.untimed_seconds = 0.0  # clock time since timing started that was not spent on steps (that evaluation)
         self.from_checkpoint = False  # the length comes from the checkpoint's steps and seconds, not from timing
 
     def fixes_at(self, step: int) -> bool:
         """Whether the length gets fixed by timing before this step (the trainer times an evaluation first)."""
         return not self.steps and self.timed_from is not None and not self.from_checkpoint and step >= self.probe
+
+    def timed_evaluation(self, seconds: float, eval_every: int) -> None:
+        """One evaluation took `seconds` just before the length is fixed: it costs `seconds / eval_every` per step
+        from now on, and the clock's reading includes it once, which is not the steps' own speed."""
+        self.extra_per_step = seconds / max(eval_every, 1)
+        self.untimed_seconds += seconds
 
     def seconds_at(self, step: int, elapsed: float) -> None:
         if self.steps:
@@ -82,7 +89,7 @@ class Horizon:
         """Steps done + the steps that fit in the time left at the timed speed (evaluations included), at most
         max_steps."""
         first, started = self.timed_from or (0, 0.0)
-        per_step = (elapsed - started) / max(step - first, 1) + self.extra_per_step
+        per_step = max(elapsed - started - self.untimed_seconds, 0.0) / max(step - first, 1) + self.extra_per_step
         budget = self.config.time_budget or math.inf
         remaining = TIME_SHARE * (budget - elapsed) / per_step if per_step > 0 else math.inf
         fit = step + max(0, math.floor(remaining)) if math.isfinite(remaining) else self.config.max_steps

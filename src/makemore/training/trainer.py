@@ -298,7 +298,7 @@ class Trainer:
             interrupted = stop_votes > 0
         fixed = horizon.steps
         if self.config.time_budget is not None and horizon.fixes_at(self.state.step):
-            horizon.extra_per_step = self.time_evaluation() / self.config.eval_every
+            horizon.timed_evaluation(self.time_evaluation(), self.config.eval_every)
             elapsed = max(elapsed, time.perf_counter() - start)  # the budget left excludes that evaluation
         horizon.seconds_at(self.state.step, elapsed)
         self.state.schedule_steps = horizon.steps
