@@ -3,6 +3,8 @@ val NLL on the same split (the plan's first member), for each case asked.
 
     python benchmarks/auto_targets.py default names-120 names-600      # the cases by name (see CASES)
     python benchmarks/auto_targets.py names-1800 --markdown benchmarks/results/auto.md
+    python benchmarks/heldout_data.py /tmp/heldout && python benchmarks/auto_targets.py --held-out /tmp/heldout \
+        held:cyrillic held:emails                           # a file of that folder, 600 s (held:NAME:SECONDS)
 
 Runs the real CLI (`makemore train`, `makemore eval --format json`) in subprocesses, one case after another, so
 what it measures is what a user gets; run it on a quiet machine (the budget is wall time). Not run by CI.
@@ -45,9 +47,19 @@ def nlls(run: Path) -> dict[str, float]:
     return {split: metrics[split]["nll"] for split in ("val", "test") if split in metrics}
 
 
-def run_case(name: str, root: Path) -> dict:
-    args, budget = CASES[name]
-    out = root / name
+def case_args(name: str, held_out: Path | None) -> tuple[list[str], int | None]:
+    """A named case, or held:NAME[:SECONDS]: NAME.txt of the --held-out folder, 600 s unless SECONDS is given."""
+    if not name.startswith("held:"):
+        return CASES[name]
+    if held_out is None:
+        raise SystemExit(f"{name}: give --held-out DIR (made by benchmarks/heldout_data.py)")
+    _, file, *seconds = name.split(":")
+    return ["-i", str(held_out / f"{file}.txt")], int(seconds[0]) if seconds else 600
+
+
+def run_case(name: str, root: Path, held_out: Path | None = None) -> dict:
+    args, budget = case_args(name, held_out)
+    out = root / name.replace(":", "-")
     command = ["train", *args, "--out", str(out), "--samples", "0"]
     if budget is not None:
         command += ["--time-budget", str(budget)]
@@ -81,13 +93,16 @@ def markdown(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("cases", nargs="+", choices=sorted(CASES))
+    parser.add_argument("cases", nargs="+", help=f"{', '.join(sorted(CASES))} or held:NAME[:SECONDS]")
+    parser.add_argument("--held-out", type=Path, help="the folder benchmarks/heldout_data.py wrote")
+    parser.add_argument("--keep", type=Path, help="keep the runs in this folder (default: a temporary one)")
     parser.add_argument("--markdown", type=Path, help="append the table to this file")
     args = parser.parse_args()
     rows = []
-    with tempfile.TemporaryDirectory() as root:
+    with tempfile.TemporaryDirectory() as temporary:
+        root = args.keep or Path(temporary)
         for case in args.cases:
-            rows.append(run_case(case, Path(root)))
+            rows.append(run_case(case, root, args.held_out))
             print(json.dumps(rows[-1]), flush=True)
     if args.markdown:
         with args.markdown.open("a", encoding="utf-8") as handle:

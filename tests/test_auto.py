@@ -17,6 +17,7 @@ import makemore
 from makemore.cli.info import format_info
 from makemore.jobs import auto
 from makemore.jobs.auto_plan import MIN_MEMBER_SECONDS, DataSummary, Member, Plan, make_plan
+from makemore.training.schedule import TIME_SHARE
 
 NAMES = DataSummary("line", 25_626, 182_000, 26, 6.1)
 SMALL_NAMES = DataSummary("line", 4_130, 29_000, 26, 6.0)
@@ -33,7 +34,8 @@ def test_plan_fits_the_budget_and_is_a_pure_function(summary, budget, cores):
     assert plan.to_json() == make_plan(summary, budget, "cpu", cores).to_json()
     assert Plan.from_json(json.loads(json.dumps(plan.to_json()))).to_json() == plan.to_json()
     waves = -(-len(plan.members) // plan.slots)  # members run in waves of `slots`
-    assert waves * max((m.seconds for m in plan.members), default=0) < budget
+    # a member's schedule fits TIME_SHARE of its --time-budget: the waves' schedules fit the whole budget
+    assert waves * TIME_SHARE * max((m.seconds for m in plan.members), default=0) < budget
     assert all(member.seconds >= MIN_MEMBER_SECONDS for member in plan.members)
     assert len({member.model for member in plan.members}) == len(plan.members)  # members differ
     assert plan.slots <= max(cores, 1)
@@ -60,7 +62,8 @@ def test_plan_picks_families_by_the_kind_of_data():
     prose = make_plan(PROSE, 600, "cpu", cores=2)  # prose: one member at a time, on every core
     assert [m.model for m in prose.members] == ["transformer"] and prose.slots == 1
     assert "threads" not in prose.members[0].settings and "row_shards" not in prose.members[0].settings
-    assert [m.model for m in make_plan(PROSE, 1800, "cpu", cores=2).members] == ["transformer", "gru"]
+    assert [m.model for m in make_plan(PROSE, 1800, "cpu", cores=2).members] == ["transformer"]
+    assert [m.model for m in make_plan(PROSE, 3700, "cpu", cores=2).members] == ["transformer", "gru"]
     assert make_plan(NAMES, 1800).members[0].model == "gru"
     assert {m.model for m in make_plan(NAMES, 600).members} == {"gru", "transformer"}
 

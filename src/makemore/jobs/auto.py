@@ -37,6 +37,7 @@ from makemore.jobs.auto_plan import (
     Plan,
     describe_plan,
     make_plan,
+    member_budget,
     mix_reserve,
 )
 from makemore.jobs.train_data import DataOptions, load_data
@@ -194,7 +195,7 @@ class AutoJob:
             return None
         reserve = mix_reserve(self.plan.summary, self.plan.budget)
         remaining = deadline - time.monotonic() - reserve - waves_left * RESERVE_SECONDS
-        return round(max(remaining / waves_left, 10.0), 1)
+        return round(max(member_budget(remaining / waves_left), 10.0), 1)
 
     def member_kwargs(self, member: Member, seconds: float | None) -> dict[str, Any]:
         """train() keyword arguments: resume a member that has a run directory, else start it."""

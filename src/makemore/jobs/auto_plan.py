@@ -14,8 +14,10 @@ gets weight ~0, so the mix is never worse on val than the n-gram alone). The rul
   step does not use two cores well), a second wave from 20 minutes. Prose is never learned to the end in such
   budgets, so one member takes every core for the whole time rather than several weak ones side by side (Tiny
   Shakespeare, 9 minutes on one core each: GRU 1.573, the Transformer's stream preset 1.665, mixed with KN 1.4465,
-  a gain of only 0.042 over KN's 1.489; the stream preset alone on both cores: 1.474 in 15 minutes); a second
-  from 20 minutes (PROSE_MORE_MEMBERS_FROM). One after another (a GPU, one core): a second member from 4 minutes,
+  a gain of only 0.042 over KN's 1.489; the stream preset alone on both cores, mixed with KN: 1.4282 in 10
+  minutes). Its curve is still steep at 30 minutes (alone: 1.529 at 9 minutes, 1.474 at 15), while a third
+  member added 0.004 to a mix of KN and a 15-minute Transformer, so a second member only from an hour
+  (PROSE_MORE_MEMBERS_FROM). One after another (a GPU, one core): a second member from 4 minutes,
   a third from 20, a fourth from 40 (MORE_MEMBERS_FROM).
 - **How big and how regularised** follows how many passes over the training data the budget buys (`epochs`,
   estimated from a conservative throughput per device kind; never measured, so the plan is the same on every run):
@@ -31,12 +33,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from makemore.training.schedule import TIME_SHARE
+
 # Below this a neural member is not worth its start-up (names: a 100 s GRU alone, val 1.982, is worse than Kneser-Ney,
 # 1.967, yet takes 0.23 of the mix's weight; far shorter members were not measured)
 MIN_MEMBER_SECONDS = 45.0
 FAST_SECONDS = 240.0  # a shorter share: the Transformer's fast preset, and it goes first on short items
 MORE_MEMBERS_FROM = (240.0, 1200.0, 2400.0)  # one at a time: neural seconds from which a 2nd, 3rd, 4th member
-PROSE_MORE_MEMBERS_FROM = (1200.0, 2400.0)  # prose (one at a time, every core): a 2nd and 3rd member
+PROSE_MORE_MEMBERS_FROM = (3600.0, 7200.0)  # prose (one at a time, every core): a 2nd and 3rd member
 FAMILIES = ("gru", "transformer", "lstm", "wavenet")  # the neural families a plan draws from
 MAX_SLOTS = 4  # members side by side at most (a plan has at most len(FAMILIES) members)
 SECOND_WAVE_FROM = 1200.0  # side by side: a second wave of members from 20 minutes of neural time
@@ -47,6 +51,13 @@ LONG_ITEMS = 40.0  # mean item length (chars) above which items are treated like
 # machine) to 36-39k (quiet).
 THROUGHPUT = {"cpu": 15_000.0, "cuda": 300_000.0, "mps": 60_000.0}
 RESERVE_SECONDS = 8.0  # per member: start-up, final evaluation and saving
+
+
+def member_budget(share: float) -> float:
+    """A member's --time-budget for `share` seconds of the plan: a time budget fits its schedule into TIME_SHARE of
+    the budget (slack for a run that slows down), and the plan's reserves already leave room at the end, so the
+    member is given its share over TIME_SHARE (Tiny Shakespeare, 600 s: the command ended at 542 s without)."""
+    return share / TIME_SHARE
 
 
 def mix_reserve(summary: DataSummary, budget: float) -> float:
@@ -208,7 +219,7 @@ def make_plan(summary: DataSummary, budget: float, device: str = "cpu", cores: i
         settings, why = member_settings(model, summary, share, device)
         if slots > 1:
             settings |= {"threads": 1, "row_shards": 1}  # one core each
-        members.append(Member(f"{k}-{model}", model, round(share, 1), settings, why))
+        members.append(Member(f"{k}-{model}", model, round(member_budget(share), 1), settings, why))
     slots = min(slots, count)
     kind = "prose or long items" if summary.prose else "short items"
     how = f"{slots} side by side" if slots > 1 else "one after another"
