@@ -54,10 +54,11 @@ RESERVE_SECONDS = 8.0  # per member: start-up, final evaluation and saving
 
 
 def member_budget(share: float) -> float:
-    """A member's --time-budget for `share` seconds of the plan: a time budget fits its schedule into TIME_SHARE of
-    the budget (slack for a run that slows down), and the plan's reserves already leave room at the end, so the
-    member is given its share over TIME_SHARE (Tiny Shakespeare, 600 s: the command ended at 542 s without)."""
-    return share / TIME_SHARE
+    """A member's --time-budget for `share` seconds of training: a time budget fits its schedule into TIME_SHARE of
+    the budget (slack for a run that slows down, and for the final evaluation), which would leave that slack unused
+    next to the member's own reserve (Tiny Shakespeare, 600 s: the command ended at 542 s), so the member may use
+    its reserve too, never more."""
+    return min(share / TIME_SHARE, share + RESERVE_SECONDS)
 
 
 def mix_reserve(summary: DataSummary, budget: float) -> float:
