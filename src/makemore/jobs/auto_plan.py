@@ -22,9 +22,9 @@ gets weight ~0, so the mix is never worse on val than the n-gram alone). The rul
 - **How big and how regularised** follows how many passes over the training data the budget buys (`epochs`,
   estimated from a conservative throughput per device kind; never measured, so the plan is the same on every run):
   under 3 passes nothing overfits, so no dropout and a light weight decay; over 30 passes the family's own dropout;
-  over 100 (small data) early stopping (patience) too ends the member once val stops improving, and the time it
-  saves goes to the members after it. Below that the schedule runs to its end (EARLY_STOP_PASSES). Small data
-  (under SMALL_TOKENS training tokens) gets narrower networks.
+  over 100 (small data) a tight early stop (patience 4) ends the member once val stops improving, and the time it
+  saves goes to the members after it; below that the family's own, looser patience applies (EARLY_STOP_PASSES).
+  Small data (under SMALL_TOKENS training tokens) gets narrower networks.
 - **How the budget is split.** Equal shares of what is left after the n-gram, minus a reserve for loading, the
   final evaluation of each member and the mix; a member that stops early passes its time on.
 """
@@ -45,10 +45,10 @@ PROSE_MORE_MEMBERS_FROM = (3600.0, 7200.0)  # prose (one at a time, every core):
 FAMILIES = ("gru", "transformer", "lstm", "wavenet")  # the neural families a plan draws from
 MAX_SLOTS = 4  # members side by side at most (a plan has at most len(FAMILIES) members)
 SECOND_WAVE_FROM = 1200.0  # side by side: a second wave of members from 20 minutes of neural time
-# Early stopping only from this many passes on (small data, overfitted within minutes). Below it a member's schedule
-# runs to its end: val stalls while the learning rate is high and falls as it decays, so patience ended names'
-# 30-minute members at 376-685 s of their 892 (GRU 1.9289, where the 10-minute GRU, not stopped, reached 1.9165)
-# and the command at 1,183 s of 1,800; the best weights are kept either way.
+# A tight early stop (4 evaluations without improvement) only from this many passes on (small data, overfitted
+# within minutes). Below it the family's own patience applies (10 evaluations of 500 steps): on names in 30 minutes
+# a patience of 4 ended members at 376-685 s of their 892, while the learning rate was high (GRU 1.9289; with the
+# family's 10: 1.9230 at 792 s); the best weights are kept either way.
 EARLY_STOP_PASSES = 100.0
 SMALL_TOKENS = 100_000  # fewer training tokens than this: narrower networks (they overfit in a few epochs)
 LONG_ITEMS = 40.0  # mean item length (chars) above which items are treated like prose
@@ -168,8 +168,8 @@ def regularisation(model: str, epochs: float) -> tuple[dict[str, Any], str]:
         light = {"transformer": {"dropout": 0.1}, "gru": {"dropout": 0.15}, "lstm": {"dropout": 0.15}}
         return light.get(model, {}), f"~{epochs:.0f} passes: light dropout"
     if epochs < EARLY_STOP_PASSES:
-        return {}, f"~{epochs:.0f} passes: the family's dropout"
-    return {"patience": 4}, f"~{epochs:.0f} passes: the family's dropout, early stopping"
+        return {}, f"~{epochs:.0f} passes: the family's dropout and early stopping"
+    return {"patience": 4}, f"~{epochs:.0f} passes: the family's dropout, early stopping after 4 evaluations"
 
 
 def member_settings(model: str, summary: DataSummary, seconds: float, device: str) -> tuple[dict[str, Any], str]:
