@@ -17,6 +17,7 @@ import makemore
 from makemore.cli.info import format_info
 from makemore.jobs import auto
 from makemore.jobs.auto_plan import MIN_MEMBER_SECONDS, DataSummary, Member, Plan, make_plan
+from makemore.runs import checkpoint as ckpt
 from makemore.training.schedule import TIME_SHARE
 
 NAMES = DataSummary("line", 25_626, 182_000, 26, 6.1)
@@ -37,7 +38,10 @@ def test_plan_fits_the_budget_and_is_a_pure_function(summary, budget, cores):
     # a member's schedule fits TIME_SHARE of its --time-budget: the waves' schedules fit the whole budget
     assert waves * TIME_SHARE * max((m.seconds for m in plan.members), default=0) < budget
     assert all(member.seconds >= MIN_MEMBER_SECONDS for member in plan.members)
-    assert len({member.model for member in plan.members}) == len(plan.members)  # members differ
+    # members differ: another family, or the same family with another seed
+    assert len({(member.model, member.repeat) for member in plan.members}) == len(plan.members)
+    for k, member in enumerate(plan.members):
+        assert member.repeat == sum(m.model == member.model for m in plan.members[:k])
     assert plan.slots <= max(cores, 1)
 
 
@@ -54,6 +58,17 @@ def test_plan_grows_with_the_budget():
     counts = [len(make_plan(NAMES, budget).members) for budget in (20, 120, 600, 1800, 3600)]
     assert counts == sorted(counts) and counts[0] == 0 and counts[-1] >= 3
     assert len(make_plan(NAMES, 600).members) == 2  # the issue's measured pair: a GRU and a Transformer
+
+
+def test_side_by_side_members_train_about_member_passes_then_more_waves():
+    names = make_plan(NAMES, 1800, "cpu", cores=2)  # ~36 passes each: 4 waves of 2
+    assert names.slots == 2 and len(names.members) == 8
+    assert [m.model for m in names.members[:6]] == ["gru", "transformer", "lstm"] * 2
+    assert [m.repeat for m in names.members[:6]] == [0, 0, 0, 1, 1, 1]
+    assert all(400 < m.seconds < 460 for m in names.members)
+    large = make_plan(HUGE, 1800, "cpu", cores=2)  # large data keeps learning: one wave, each member the whole time
+    assert len(large.members) == 2 and all(m.seconds > 1200 for m in large.members)
+    assert len(make_plan(NAMES, 600, "cpu", cores=2).members) == 2  # under two members' worth of passes: one wave
 
 
 def test_plan_picks_families_by_the_kind_of_data():
@@ -123,6 +138,27 @@ def test_tiny_plan_end_to_end(tiny, names_file, tmp_path):
     assert any(e.get("member") == "2-gru" for e in events)  # members report through the same events
     shown = format_info(info)
     assert "--model auto: 3 of 3 planned members" in shown and "3-transformer" in shown
+
+
+def test_a_member_repeating_a_family_trains_another_seed_on_the_same_split(monkeypatch, names_file, tmp_path):
+    def repeat_plan(summary, budget, device="cpu", cores=1):
+        plan = tiny_plan(summary, budget)
+        first = plan.members[0]
+        plan.members[1] = Member("3-gru", "gru", first.seconds, dict(first.settings), "again", repeat=1)
+        return plan
+
+    monkeypatch.setattr(auto, "make_plan", repeat_plan)
+    out = tmp_path / "auto"
+    result = makemore.train(names_file, model="auto", out=out, samples=3, seed=5)
+    assert [m["name"] for m in result["members"]] == ["1-ngram", "2-gru", "3-gru"]
+    first, again = makemore.load(out / "parts" / "2-gru"), makemore.load(out / "parts" / "3-gru")
+    for split in ("train", "val", "test"):
+        assert sorted(ckpt.read_split_items(out / "parts" / "3-gru", split)) == sorted(
+            ckpt.read_split_items(out / "parts" / "1-ngram", split)
+        )
+    assert ckpt.read_json(out / "parts" / "3-gru" / "run.json")["train_config"]["seed"] == 6  # seed + repeat
+    assert first.evaluate("val")["val"]["nll"] != again.evaluate("val")["val"]["nll"]  # another initialisation
+    assert len(makemore.load(out).generate(3, seed=1).items) == 3
 
 
 def test_the_ngram_run_is_usable_before_the_neural_members(tiny, names_file, tmp_path):

@@ -203,10 +203,25 @@ class AutoJob:
         if (run_dir / ckpt.RUN_FILE).is_file():
             return {"resume": run_dir}
         kwargs = dict(self.state["data"], seed=self.state["seed"], device=self.state["device"])
+        if member.repeat:
+            kwargs |= self.split_files(member.repeat)
         kwargs |= {"model": member.model, "out": run_dir, "force": True, **member.settings}
         if member.model != "ngram":
             kwargs["time_budget"] = seconds if seconds is not None else member.seconds
         return kwargs
+
+    def split_files(self, repeat: int) -> dict[str, Any]:
+        """Data arguments for a member that repeats a family with another seed: the seed also cuts the split, so
+        it reads the n-gram's stored split (train, val and test as files) rather than cutting its own."""
+        ngram = self.member_dir(NGRAM_MEMBER)
+        has_test = bool(ckpt.read_split_items(ngram, "test"))
+        return {
+            "input": str(ngram / "train.txt"),
+            "val_file": str(ngram / "val.txt"),
+            "test_file": str(ngram / "test.txt") if has_test else None,
+            "mode": "line",
+            "seed": self.state["seed"] + repeat,
+        }
 
     def record(self, name: str, result: dict[str, Any]) -> bool:
         """A member's end: kept in auto.json and mixed in, unless it was interrupted. Returns whether it was."""

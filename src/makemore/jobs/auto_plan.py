@@ -5,13 +5,16 @@ one after another, each a normal run, mixed at the end with weights fitted on va
 gets weight ~0, so the mix is never worse on val than the n-gram alone). The rules, and the measurements behind them
 (2-core CPU; docs/auto.md has the tables):
 
-- **Which families.** Short items (names, words): the GRU first, then the Transformer, then the LSTM and WaveNet,
-  the order of their 10-minute val NLL on names (GRU 1.915, Transformer 1.924, LSTM 1.926, WaveNet 1.952). On short
-  items a mixture gains most from members that differ, so the second member is the other kind of network. Prose
+- **Which families.** Short items (names, words): the GRU first, then the Transformer, then the LSTM, the order
+  of their 10-minute val NLL on names (GRU 1.915, Transformer 1.924, LSTM 1.926, WaveNet 1.952); then those three
+  again with other seeds, then the WaveNet. On short items a mixture gains most from members that differ, so the
+  second member is the other kind of network. Prose
   or long items (stream mode, or items averaging over 40 characters): the Transformer first, then the GRU.
 - **How many, and side by side or not.** None under MIN_MEMBER_SECONDS of neural time (a member trained for less
   is worth little next to the n-gram). Short items on a CPU: one member per core side by side (a small network's
-  step does not use two cores well), a second wave from 20 minutes. Prose is never learned to the end in such
+  step does not use two cores well), each for at most about MEMBER_PASSES passes over train, and as many waves as
+  the budget buys such members (names in 30 minutes: 4 waves of 2; the three strongest families, then each
+  again with another seed). Prose is never learned to the end in such
   budgets, so one member takes every core for the whole time rather than several weak ones side by side (Tiny
   Shakespeare, 9 minutes on one core each: GRU 1.573, the Transformer's stream preset 1.665, mixed with KN 1.4465,
   a gain of only 0.042 over KN's 1.489; the stream preset alone on both cores, mixed with KN: 1.4282 in 10
@@ -42,9 +45,14 @@ MIN_MEMBER_SECONDS = 45.0
 FAST_SECONDS = 240.0  # a shorter share: the Transformer's fast preset, and it goes first on short items
 MORE_MEMBERS_FROM = (240.0, 1200.0, 2400.0)  # one at a time: neural seconds from which a 2nd, 3rd, 4th member
 PROSE_MORE_MEMBERS_FROM = (3600.0, 7200.0)  # prose (one at a time, every core): a 2nd and 3rd member
-FAMILIES = ("gru", "transformer", "lstm", "wavenet")  # the neural families a plan draws from
-MAX_SLOTS = 4  # members side by side at most (a plan has at most len(FAMILIES) members)
-SECOND_WAVE_FROM = 1200.0  # side by side: a second wave of members from 20 minutes of neural time
+MAX_SLOTS = 4  # members side by side at most
+MAX_MEMBERS = 8  # a plan's neural members at most
+# Side by side: a member trains for about this many passes over train at most (at THROUGHPUT); a budget that buys
+# more trains more members in more waves, up to MAX_WAVES. Names (182k tokens, one core each, 30 minutes): the
+# GRU's val was 1.931 at 418 s (~34 passes) and 1.923 at 792 s, the Transformer's 1.932 at 450 s and no better
+# after, the LSTM's best 1.933 at 201 s; members that train on past that mostly overfit.
+MEMBER_PASSES = 30.0
+MAX_WAVES = 4
 # A tight early stop (4 evaluations without improvement) only from this many passes on (small data, overfitted
 # within minutes). Below it the family's own patience applies (10 evaluations of 500 steps): on names in 30 minutes
 # a patience of 4 ended members at 376-685 s of their 892, while the learning rate was high (GRU 1.9289; with the
@@ -103,6 +111,7 @@ class Member:
     seconds: float  # planned training seconds (its --time-budget)
     settings: dict[str, Any] = field(default_factory=dict)  # train() keyword settings
     why: str = ""
+    repeat: int = 0  # earlier members of the same family in the plan: this one trains with the seed + repeat
 
 
 @dataclass
@@ -144,11 +153,15 @@ def fast_transformer(summary: DataSummary, seconds: float, device: str) -> bool:
 
 
 def family_order(summary: DataSummary, share: float, device: str) -> list[str]:
+    """The members' families in the order they are planned (MAX_MEMBERS at most). Short items: the three that
+    learn names best, then each of them again with another seed (a GRU with a new seed is better than the
+    WaveNet, 1.915 against 1.952 on names in 10 minutes, and two seeds of one family still differ), then the
+    WaveNet."""
     if summary.prose:  # given every core (or a GPU), the Transformer learns prose best
         return ["transformer", "gru", "lstm", "wavenet"]
-    if fast_transformer(summary, share, device):
-        return ["transformer", "gru", "lstm", "wavenet"]
-    return ["gru", "transformer", "lstm", "wavenet"]
+    first = ["transformer", "gru"] if fast_transformer(summary, share, device) else ["gru", "transformer"]
+    strongest = first + ["lstm"]
+    return strongest + strongest + ["wavenet", first[0]]
 
 
 def member_count(neural_seconds: float, more_from: tuple[float, ...] = MORE_MEMBERS_FROM) -> int:
@@ -202,16 +215,17 @@ def side_by_side(summary: DataSummary, device: str, cores: int) -> int:
     return max(1, min(cores, MAX_SLOTS)) if device == "cpu" and not summary.prose else 1
 
 
-def member_layout(neural_seconds: float, slots: int, prose: bool = False) -> tuple[int, int]:
-    """(members, waves): one member per slot in each wave; a second wave from SECOND_WAVE_FROM seconds on.
-    One slot: members one after another (member_count)."""
+def member_layout(neural_seconds: float, slots: int, prose: bool = False, useful: float = 0.0) -> tuple[int, int]:
+    """(members, waves): one member per slot in each wave, as many waves as the time buys members of `useful`
+    seconds (MEMBER_PASSES passes; at least one wave, at most MAX_WAVES). One slot: members one after another
+    (member_count)."""
     if slots == 1:
         count = member_count(neural_seconds, PROSE_MORE_MEMBERS_FROM if prose else MORE_MEMBERS_FROM)
         return count, count
-    waves = 2 if neural_seconds >= SECOND_WAVE_FROM else 1
+    waves = max(1, min(MAX_WAVES, int(neural_seconds // useful) if useful > 0 else 1))
     if (neural_seconds - waves * RESERVE_SECONDS) / waves < MIN_MEMBER_SECONDS:
         return 0, 0
-    return min(slots * waves, len(FAMILIES)), waves
+    return min(slots * waves, MAX_MEMBERS), waves
 
 
 def make_plan(summary: DataSummary, budget: float, device: str = "cpu", cores: int = 1) -> Plan:
@@ -221,19 +235,22 @@ def make_plan(summary: DataSummary, budget: float, device: str = "cpu", cores: i
     notes = [f"Kneser-Ney n-gram first (order chosen on val): a usable model within ~{ngram_seconds:.0f} s"]
     available = budget - ngram_seconds - mix_reserve(summary, budget)
     slots = side_by_side(summary, device, cores)
-    count, waves = member_layout(max(available, 0.0), slots, summary.prose)
+    useful = MEMBER_PASSES * summary.train_tokens / THROUGHPUT.get(device, THROUGHPUT["cpu"])
+    count, waves = member_layout(max(available, 0.0), slots, summary.prose, useful)
     while count and slots == 1 and (available - count * RESERVE_SECONDS) / count < MIN_MEMBER_SECONDS:
         count, waves = count - 1, waves - 1
     if count == 0:
         notes.append(f"a budget of {budget:.0f} s leaves no time for a neural member: the n-gram alone")
         return Plan(budget, device, summary, [], notes)
     share = (available - waves * RESERVE_SECONDS) / waves
-    members = []
+    members: list[Member] = []
     for k, model in enumerate(family_order(summary, share, device)[:count], start=2):
         settings, why = member_settings(model, summary, share, device)
         if slots > 1:
             settings |= {"threads": 1, "row_shards": 1}  # one core each
-        members.append(Member(f"{k}-{model}", model, round(member_budget(share), 1), settings, why))
+        repeat = sum(member.model == model for member in members)
+        why += f"; seed +{repeat}" if repeat else ""
+        members.append(Member(f"{k}-{model}", model, round(member_budget(share), 1), settings, why, repeat))
     slots = min(slots, count)
     kind = "prose or long items" if summary.prose else "short items"
     how = f"{slots} side by side" if slots > 1 else "one after another"
