@@ -88,7 +88,7 @@ def test_plan_regularises_by_passes_over_the_data():
     many = make_plan(SMALL_NAMES, 600).members[0].settings
     assert few.get("dropout") == 0.0 and "patience" not in few
     assert many.get("patience") and many.get("dropout", 0.3) > 0
-    # names in 30 minutes (~70 passes): the schedule runs to its end (patience stopped members at high lr)
+    # names in 30 minutes (~36 passes a member): the family's own patience (a tight one stopped members at high lr)
     assert all("patience" not in m.settings for m in make_plan(NAMES, 1800, "cpu", cores=2).members)
 
 
