@@ -161,6 +161,22 @@ def test_a_member_repeating_a_family_trains_another_seed_on_the_same_split(monke
     assert len(makemore.load(out).generate(3, seed=1).items) == 3
 
 
+def test_labelled_data_makes_a_labelled_mix(tiny, tmp_path):
+    rows = [("a", name + "a") for name in ("ann", "bell", "cor", "dor", "em", "fay", "gin", "hop", "ivy", "jo")]
+    rows += [("b", name + "b") for name in ("al", "bo", "cy", "dan", "ed", "fox", "gus", "hal", "ike", "jim")]
+    data = tmp_path / "by-label.tsv"
+    data.write_text("".join(f"{label}\t{item}\n" for label, item in rows * 3), encoding="utf-8")
+    out = tmp_path / "auto"
+    result = makemore.train(str(data), model="auto", labelled=True, out=out, samples=3)
+    assert [m["name"] for m in result["members"]] == ["1-ngram", "2-gru", "3-transformer"]
+    assert len(result["samples"]) == 3
+    info = makemore.describe_run(out)
+    assert info["data"]["labels"] == ["a", "b"]  # every member, and so the mix, is conditioned on the label
+    run = makemore.load(out)
+    drawn = [g["item"] for g in run.generate(20, seed=1, label="b").items]
+    assert sum(item.endswith("b") for item in drawn) >= 15, drawn  # label b's items all end in b
+
+
 def test_the_ngram_run_is_usable_before_the_neural_members(tiny, names_file, tmp_path):
     out = tmp_path / "auto"
     seen = []

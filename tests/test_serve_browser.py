@@ -196,21 +196,6 @@ def test_labels_generate_given_a_label_or_a_blend_share_and_score(server, browse
     assert not errors
 
 
-def test_train_shows_auto_refusing_labelled_data(server, browser_page):  # noqa: F811  (the fixture imported above)
-    page = browser_page()
-    page.goto(server + "/?view=train")
-    page.wait_for_selector("#model-select option[value=auto]", state="attached")
-    assert page.input_value("#model-select") == "auto" and page.locator("#budget-field").is_visible()
-    assert page.locator("#steps-field").is_hidden()
-    upload = {"name": "by-label.tsv", "mimeType": "text/plain", "buffer": LABELLED.encode()}
-    page.set_input_files("#train-form input[name=file]", files=[upload])
-    page.check("#train-form input[name=labelled]")
-    page.click("#train-form button[type=submit]")
-    page.wait_for_selector("#banner:not([hidden])")
-    assert page.inner_text("#banner") == "--labelled: --model auto does not train labelled runs yet; pick a --model"
-    assert "by-label" not in page.inner_text("#job-list")  # nothing was queued
-
-
 @pytest.mark.skipif(not os.environ.get("MAKEMORE_SCREENSHOTS"), reason="set MAKEMORE_SCREENSHOTS=DIR to save them")
 def test_screenshots(server, browser_page):  # noqa: F811  (the fixture imported above)
     """One picture per view and width. Point MAKEMORE_SCREENSHOT_SERVER at a server with real runs for docs."""

@@ -18,7 +18,6 @@ from fastapi.testclient import TestClient  # noqa: E402
 from helpers import run_cli  # noqa: E402
 
 import makemore  # noqa: E402
-from makemore.errors import MakemoreError  # noqa: E402
 from makemore.serve import create_app, training  # noqa: E402
 from makemore.serve.runs import RunTable  # noqa: E402
 from makemore.serve.schemas import TrainRequest  # noqa: E402
@@ -153,8 +152,6 @@ def test_train_a_labelled_upload_then_sample_it_given_a_label(client):
     "upload, fields, message",
     [
         (b"emma\nava\n", {"labelled": "true"}, "x.tsv: line 1 has no tab; --labelled expects LABEL<TAB>ITEM lines"),
-        (LABELLED.encode(), {"labelled": "true", "model": "auto"}, training.NO_LABELLED_AUTO),
-        (None, {"dataset": "first-names-by-sex", "model": "auto"}, training.NO_LABELLED_AUTO),
         (None, {"dataset": "first-names", "labelled": "true"}, "--labelled: first-names has no labels"),
         (None, {"model": "auto", "settings": '{"max_steps": 5}'}, "--max-steps: --model auto chooses the models"),
     ],
@@ -173,13 +170,13 @@ def test_labelled_and_auto_training_errors_come_before_the_queue(client, upload,
     assert len(client.get("/api/jobs").json()) == before  # nothing queued
 
 
-def test_auto_is_offered_and_refuses_as_makemore_train_does(client, runs_dir, tmp_path):
+def test_auto_is_offered_and_takes_labelled_data(client, runs_dir, tmp_path):
     models = client.get("/api/models").json()
     assert models[0]["name"] == "auto" and models[0]["default"] and models[0]["trainable"]
     assert sum(m["default"] for m in models) == 1
-    with pytest.raises(MakemoreError) as refused:
-        makemore.train(tmp_path / "labelled.tsv", model="auto", labelled=True, out=tmp_path / "x")
-    assert str(refused.value) == training.NO_LABELLED_AUTO
+    request = TrainRequest(model="auto", dataset="first-names-by-sex", settings={"time_budget": 30})
+    kwargs, name, _ = training.prepare(RunTable([runs_dir]), request, None, set())
+    assert kwargs["model"] == "auto" and kwargs["input"] == "first-names-by-sex" and name == "first-names-by-sex-auto"
     kwargs, name, _ = training.prepare(
         RunTable([runs_dir]),
         TrainRequest(model="auto", dataset="first-names", settings={"time_budget": 30}),

@@ -26,6 +26,7 @@ import torch
 
 from makemore.data.lines import BUILTIN_DATASETS
 from makemore.errors import MakemoreError
+from makemore.generation.classify import conditioned
 from makemore.generation.sample import DecodeOptions
 from makemore.generation.stream import stream_text
 from makemore.jobs import mix as mix_job
@@ -78,7 +79,8 @@ def summarize(options: DataOptions, seed: int) -> DataSummary:
         return DataSummary("stream", 0, train_tokens, alphabet, 0.0)
     train = data.items["train"]
     chars = sum(map(len, train))
-    return DataSummary("line", len(train), chars + len(train), alphabet, chars / max(len(train), 1))
+    labels = len(data.info.get("labels", []))
+    return DataSummary("line", len(train), chars + len(train), alphabet, chars / max(len(train), 1), labels)
 
 
 def check_settings(settings: dict[str, Any]) -> None:
@@ -324,6 +326,8 @@ def train_auto(
         plan = make_plan(summary, budget, kind, usable_cores())
         data = {key: getattr(options, key) for key in ("input", "val_file", "test_file", "split", "mode")}
         data |= {"max_item_len": options.max_item_len}
+        if options.labelled or options.inputs or summary.labels:  # every member is a labelled run
+            data |= {"input": options.inputs or options.input, "labelled": True, "label_mode": options.label_mode}
         state = {"plan": plan.to_json(), "data": data, "seed": seed, "device": device, "done": {}}
         deadline = started + budget
         out = out if out is not None else default_out(options.input)
@@ -369,6 +373,7 @@ def finish(job: AutoJob, outcome: dict[str, Any], samples: int, elapsed: float) 
     if outcome["interrupted"] or not (job.out / ckpt.RUN_FILE).is_file():
         return result
     spec, mix = ckpt.load_model(job.out, torch.device("cpu"))
+    mix = conditioned(mix, spec.data)  # a labelled mix samples from p(item) = sum_k p(k) p(item | k)
     result["val"] = dict(job.mixed["val"])
     result["best_val"] = result["val"]["nll"]
     seed = job.state["seed"]

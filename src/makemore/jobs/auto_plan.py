@@ -96,6 +96,7 @@ class DataSummary:
     train_tokens: int  # characters (plus one end token per item in line mode) in train
     alphabet: int  # distinct characters
     mean_len: float  # line mode: mean item length; stream mode: 0
+    labels: int = 0  # labelled data: how many labels (every member is conditioned on the label)
 
     @property
     def prose(self) -> bool:
@@ -161,6 +162,8 @@ def family_order(summary: DataSummary, share: float, device: str) -> list[str]:
         return ["transformer", "gru", "lstm", "wavenet"]
     first = ["transformer", "gru"] if fast_transformer(summary, share, device) else ["gru", "transformer"]
     strongest = first + ["lstm"]
+    if summary.labels:  # a repeat reads the n-gram's stored split, which holds no labels: each family once
+        return strongest + ["wavenet"]
     return strongest + strongest + ["wavenet", first[0]]
 
 
@@ -215,17 +218,19 @@ def side_by_side(summary: DataSummary, device: str, cores: int) -> int:
     return max(1, min(cores, MAX_SLOTS)) if device == "cpu" and not summary.prose else 1
 
 
-def member_layout(neural_seconds: float, slots: int, prose: bool = False, useful: float = 0.0) -> tuple[int, int]:
+def member_layout(
+    neural_seconds: float, slots: int, prose: bool = False, useful: float = 0.0, most: int = MAX_MEMBERS
+) -> tuple[int, int]:
     """(members, waves): one member per slot in each wave, as many waves as the time buys members of `useful`
-    seconds (MEMBER_PASSES passes; at least one wave, at most MAX_WAVES). One slot: members one after another
-    (member_count)."""
+    seconds (MEMBER_PASSES passes; at least one wave, at most MAX_WAVES, and no more than `most` members need).
+    One slot: members one after another (member_count)."""
     if slots == 1:
         count = member_count(neural_seconds, PROSE_MORE_MEMBERS_FROM if prose else MORE_MEMBERS_FROM)
-        return count, count
-    waves = max(1, min(MAX_WAVES, int(neural_seconds // useful) if useful > 0 else 1))
+        return min(count, most), min(count, most)
+    waves = max(1, min(MAX_WAVES, -(-most // slots), int(neural_seconds // useful) if useful > 0 else 1))
     if (neural_seconds - waves * RESERVE_SECONDS) / waves < MIN_MEMBER_SECONDS:
         return 0, 0
-    return min(slots * waves, MAX_MEMBERS), waves
+    return min(slots * waves, most), waves
 
 
 def make_plan(summary: DataSummary, budget: float, device: str = "cpu", cores: int = 1) -> Plan:
@@ -236,7 +241,8 @@ def make_plan(summary: DataSummary, budget: float, device: str = "cpu", cores: i
     available = budget - ngram_seconds - mix_reserve(summary, budget)
     slots = side_by_side(summary, device, cores)
     useful = MEMBER_PASSES * summary.train_tokens / THROUGHPUT.get(device, THROUGHPUT["cpu"])
-    count, waves = member_layout(max(available, 0.0), slots, summary.prose, useful)
+    most = len(family_order(summary, available, device))  # labelled data: each family once
+    count, waves = member_layout(max(available, 0.0), slots, summary.prose, useful, most)
     while count and slots == 1 and (available - count * RESERVE_SECONDS) / count < MIN_MEMBER_SECONDS:
         count, waves = count - 1, waves - 1
     if count == 0:
@@ -266,7 +272,8 @@ def describe_plan(plan: Plan) -> list[str]:
         if s.mode == "line"
         else f"{s.train_tokens:,} training characters (stream mode)"
     )
-    lines = [f"auto plan for {plan.budget:.0f} s on {plan.device}: {shape}, {s.alphabet} symbols"]
+    labels = f", {s.labels} labels (every member conditioned on the label)" if s.labels else ""
+    lines = [f"auto plan for {plan.budget:.0f} s on {plan.device}: {shape}, {s.alphabet} symbols{labels}"]
     lines.append("  1-ngram: Kneser-Ney, order chosen on val")
     for member in plan.members:
         shown = ", ".join(f"{key}={value}" for key, value in member.settings.items() if key != "max_steps")

@@ -23,7 +23,6 @@ from typing import Any
 import torch
 
 from makemore import config as config_mod
-from makemore.data.labels import is_labelled_dataset
 from makemore.data.lines import BUILTIN_DATASETS, DEFAULT_DATASET
 from makemore.errors import MakemoreError
 from makemore.jobs import auto
@@ -111,14 +110,11 @@ def train(
     if type(samples) is not int or not 0 <= samples <= MAX_SAMPLES:
         raise MakemoreError(f"--samples must be in 0..{MAX_SAMPLES}, got {samples!r}")
     dry_run = settings.pop("dry_run", False)
-    labels_given = labelled or label_mode is not None or isinstance(input, (list, tuple))
-    if model == auto.AUTO_MODEL and (labels_given or is_labelled_dataset(str(input))):
-        raise MakemoreError("--labelled: --model auto does not train labelled runs yet; pick a --model")
     if model == auto.AUTO_MODEL or (resume is not None and auto.is_auto_run(resume)) or dry_run:
         given = {"input": input, "model": model, "out": out, "resume": resume, "preset": preset, "force": force}
         given |= {"val_file": val_file, "test_file": test_file, "split": split, "mode": mode, "seq_len": seq_len}
         given |= {"max_item_len": max_item_len, "stateful": stateful, "dev_fraction": dev_fraction}
-        given |= {"samples": samples}
+        given |= {"samples": samples, "labelled": labelled, "label_mode": label_mode}
         return train_auto(given, dry_run, on_event, should_stop, settings)
     events = Events(on_event)
     if resume is not None:
@@ -165,14 +161,13 @@ def train_auto(
     if any(value is not None for value in chosen.values()):
         flags = ", ".join(flag for flag, value in chosen.items() if value is not None)
         raise MakemoreError(f"{flags}: --model auto chooses the models' settings; pick a --model to set them")
-    input = given["input"]
-    if isinstance(input, (list, tuple)):  # -i may be repeated (one file per label); auto takes one file
-        if len(input) > 1:
-            raise MakemoreError("--model auto trains on one file (-i FILE); several -i are for --labelled runs")
-        input = input[0]
+    input, inputs = given["input"], None
+    if isinstance(input, (list, tuple)):  # -i repeated: one file per label (--labelled)
+        inputs, input = ([str(path) for path in input] if len(input) > 1 else None), input[0]
     source = DEFAULT_DATASET if input is None else str(input)
     options = DataOptions(source, given["val_file"], given["test_file"], given["split"], given["max_item_len"],
                           given["mode"])  # fmt: skip
+    options.labelled, options.label_mode, options.inputs = given["labelled"], given["label_mode"], inputs
     out = Path(given["out"]) if given["out"] is not None else None
     return auto.train_auto(
         train, options, out, force=given["force"], dry_run=dry_run, samples=given["samples"], on_event=on_event,

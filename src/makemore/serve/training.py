@@ -32,7 +32,6 @@ AUTO_SUMMARY = (
     "The best model a time budget buys (makemore train's default): an n-gram, then neural models, mixed with "
     "weights fitted on val. Settings: time_budget (seconds), seed."
 )
-NO_LABELLED_AUTO = "--labelled: --model auto does not train labelled runs yet; pick a --model"  # as makemore.train
 
 
 def models() -> list[dict[str, Any]]:
@@ -153,8 +152,6 @@ def prepare(
         raise MakemoreError("--labelled is for line mode (one item per line); stream-mode flags do not apply")
     model = body.model if body.model == auto.AUTO_MODEL else trainable_model_name(body.model)
     if model == auto.AUTO_MODEL:  # as makemore.train checks them, before the job waits in the queue
-        if labelled:
-            raise MakemoreError(NO_LABELLED_AUTO)
         if body.preset:
             raise MakemoreError("--preset: --model auto chooses the models' settings; pick a --model to set them")
         auto.check_settings(body.settings)
