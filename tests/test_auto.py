@@ -140,13 +140,15 @@ def test_tiny_plan_end_to_end(tiny, names_file, tmp_path):
     assert "--model auto: 3 of 3 planned members" in shown and "3-transformer" in shown
 
 
-def test_a_member_repeating_a_family_trains_another_seed_on_the_same_split(monkeypatch, names_file, tmp_path):
-    def repeat_plan(summary, budget, device="cpu", cores=1):
-        plan = tiny_plan(summary, budget)
-        first = plan.members[0]
-        plan.members[1] = Member("3-gru", "gru", first.seconds, dict(first.settings), "again", repeat=1)
-        return plan
+def repeat_plan(summary: DataSummary, budget: float, device: str = "cpu", cores: int = 1) -> Plan:
+    """The tiny plan's GRU, then the GRU again with the next seed."""
+    plan = tiny_plan(summary, budget)
+    first = plan.members[0]
+    plan.members[1] = Member("3-gru", "gru", first.seconds, dict(first.settings), "again", repeat=1)
+    return plan
 
+
+def test_a_member_repeating_a_family_trains_another_seed_on_the_same_split(monkeypatch, names_file, tmp_path):
     monkeypatch.setattr(auto, "make_plan", repeat_plan)
     out = tmp_path / "auto"
     result = makemore.train(names_file, model="auto", out=out, samples=3, seed=5)
@@ -161,15 +163,20 @@ def test_a_member_repeating_a_family_trains_another_seed_on_the_same_split(monke
     assert len(makemore.load(out).generate(3, seed=1).items) == 3
 
 
-def test_labelled_data_makes_a_labelled_mix(tiny, tmp_path):
+def test_labelled_data_makes_a_labelled_mix(monkeypatch, tmp_path):
+    monkeypatch.setattr(auto, "make_plan", repeat_plan)
     rows = [("a", name + "a") for name in ("ann", "bell", "cor", "dor", "em", "fay", "gin", "hop", "ivy", "jo")]
     rows += [("b", name + "b") for name in ("al", "bo", "cy", "dan", "ed", "fox", "gus", "hal", "ike", "jim")]
     data = tmp_path / "by-label.tsv"
     data.write_text("".join(f"{label}\t{item}\n" for label, item in rows * 3), encoding="utf-8")
     out = tmp_path / "auto"
     result = makemore.train(str(data), model="auto", labelled=True, out=out, samples=3)
-    assert [m["name"] for m in result["members"]] == ["1-ngram", "2-gru", "3-transformer"]
+    assert [m["name"] for m in result["members"]] == ["1-ngram", "2-gru", "3-gru"]
     assert len(result["samples"]) == 3
+    for split in ("train", "val", "test"):  # the repeat read the n-gram's split, labels and all
+        for suffix in ("", ".labels"):
+            again = ckpt.read_split_items(out / "parts" / "3-gru", split + suffix)
+            assert sorted(again) == sorted(ckpt.read_split_items(out / "parts" / "1-ngram", split + suffix))
     info = makemore.describe_run(out)
     assert info["data"]["labels"] == ["a", "b"]  # every member, and so the mix, is conditioned on the label
     run = makemore.load(out)

@@ -3,6 +3,7 @@
     OUT/auto.json          the plan and which members are finished (rewritten atomically after each)
     OUT/parts/1-ngram/     the Kneser-Ney n-gram: a normal run, fitted first
     OUT/parts/2-gru/ ...   the neural members: normal runs, trained one after another
+    OUT/splits/            labelled data: the n-gram's split as label<TAB>item files (members with another seed)
     OUT/run.json, ...      a mix of the members finished so far (weights fitted on val by EM): after the n-gram
                            it is usable at once, and it is re-fitted as each member finishes
 
@@ -24,6 +25,7 @@ from typing import Any
 
 import torch
 
+from makemore.data.labels import LABELS_SUFFIX
 from makemore.data.lines import BUILTIN_DATASETS
 from makemore.errors import MakemoreError
 from makemore.generation.classify import conditioned
@@ -52,6 +54,7 @@ from makemore.training.devices import resolve_device
 AUTO_MODEL = "auto"
 AUTO_FILE = "auto.json"
 PARTS_DIR = "parts"
+SPLITS_DIR = "splits"  # labelled data: the n-gram's split as label<TAB>item files, for members with another seed
 NGRAM_MEMBER = "1-ngram"
 BUILTIN_BUDGET = 120.0  # the default job (a built-in list of names): about 2 minutes
 FILE_BUDGET = 600.0  # the user's own file: 10 minutes
@@ -214,13 +217,24 @@ class AutoJob:
 
     def split_files(self, repeat: int) -> dict[str, Any]:
         """Data arguments for a member that repeats a family with another seed: the seed also cuts the split, so
-        it reads the n-gram's stored split (train, val and test as files) rather than cutting its own."""
+        it reads the n-gram's stored split (train, val and test as files) rather than cutting its own. Labelled
+        data: the split as label<TAB>item files in OUT/splits/, written once."""
         ngram = self.member_dir(NGRAM_MEMBER)
-        has_test = bool(ckpt.read_split_items(ngram, "test"))
+        splits = [name for name in ("train", "val", "test") if ckpt.read_split_items(ngram, name)]
+        files = {name: ngram / f"{name}.txt" for name in splits}
+        if self.state["data"].get("labelled"):
+            files = {name: self.out / SPLITS_DIR / f"{name}.tsv" for name in splits}
+            for name, path in files.items():
+                if not path.is_file():
+                    items = ckpt.read_split_items(ngram, name)
+                    labels = ckpt.read_split_items(ngram, name + LABELS_SUFFIX)
+                    path.parent.mkdir(exist_ok=True)
+                    lines = "".join(f"{label}\t{item}\n" for label, item in zip(labels, items))
+                    ckpt.atomic_write(path, lines.encode("utf-8"))
         return {
-            "input": str(ngram / "train.txt"),
-            "val_file": str(ngram / "val.txt"),
-            "test_file": str(ngram / "test.txt") if has_test else None,
+            "input": str(files["train"]),
+            "val_file": str(files["val"]),
+            "test_file": str(files["test"]) if "test" in files else None,
             "mode": "line",
             "seed": self.state["seed"] + repeat,
         }

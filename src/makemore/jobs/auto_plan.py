@@ -162,8 +162,6 @@ def family_order(summary: DataSummary, share: float, device: str) -> list[str]:
         return ["transformer", "gru", "lstm", "wavenet"]
     first = ["transformer", "gru"] if fast_transformer(summary, share, device) else ["gru", "transformer"]
     strongest = first + ["lstm"]
-    if summary.labels:  # a repeat reads the n-gram's stored split, which holds no labels: each family once
-        return strongest + ["wavenet"]
     return strongest + strongest + ["wavenet", first[0]]
 
 
