@@ -69,6 +69,8 @@ def test_side_by_side_members_train_about_member_passes_then_more_waves():
     large = make_plan(HUGE, 1800, "cpu", cores=2)  # large data keeps learning: one wave, each member the whole time
     assert len(large.members) == 2 and all(m.seconds > 1200 for m in large.members)
     assert len(make_plan(NAMES, 600, "cpu", cores=2).members) == 2  # under two members' worth of passes: one wave
+    four = make_plan(NAMES, 1800, "cpu", cores=4)  # 8 members fill 2 waves of 4, each member half the time
+    assert four.slots == 4 and len(four.members) == 8 and all(800 < m.seconds < 900 for m in four.members)
 
 
 def test_plan_picks_families_by_the_kind_of_data():

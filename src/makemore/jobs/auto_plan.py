@@ -216,19 +216,18 @@ def side_by_side(summary: DataSummary, device: str, cores: int) -> int:
     return max(1, min(cores, MAX_SLOTS)) if device == "cpu" and not summary.prose else 1
 
 
-def member_layout(
-    neural_seconds: float, slots: int, prose: bool = False, useful: float = 0.0, most: int = MAX_MEMBERS
-) -> tuple[int, int]:
+def member_layout(neural_seconds: float, slots: int, prose: bool = False, useful: float = 0.0) -> tuple[int, int]:
     """(members, waves): one member per slot in each wave, as many waves as the time buys members of `useful`
-    seconds (MEMBER_PASSES passes; at least one wave, at most MAX_WAVES, and no more than `most` members need).
-    One slot: members one after another (member_count)."""
+    seconds (MEMBER_PASSES passes; at least one wave, at most MAX_WAVES). One slot: members one after another
+    (member_count)."""
     if slots == 1:
         count = member_count(neural_seconds, PROSE_MORE_MEMBERS_FROM if prose else MORE_MEMBERS_FROM)
-        return min(count, most), min(count, most)
-    waves = max(1, min(MAX_WAVES, -(-most // slots), int(neural_seconds // useful) if useful > 0 else 1))
+        return count, count
+    most_waves = min(MAX_WAVES, -(-MAX_MEMBERS // slots))  # with many cores, MAX_MEMBERS fill fewer waves
+    waves = max(1, min(most_waves, int(neural_seconds // useful) if useful > 0 else 1))
     if (neural_seconds - waves * RESERVE_SECONDS) / waves < MIN_MEMBER_SECONDS:
         return 0, 0
-    return min(slots * waves, most), waves
+    return min(slots * waves, MAX_MEMBERS), waves
 
 
 def make_plan(summary: DataSummary, budget: float, device: str = "cpu", cores: int = 1) -> Plan:
@@ -239,8 +238,7 @@ def make_plan(summary: DataSummary, budget: float, device: str = "cpu", cores: i
     available = budget - ngram_seconds - mix_reserve(summary, budget)
     slots = side_by_side(summary, device, cores)
     useful = MEMBER_PASSES * summary.train_tokens / THROUGHPUT.get(device, THROUGHPUT["cpu"])
-    most = len(family_order(summary, available, device))  # labelled data: each family once
-    count, waves = member_layout(max(available, 0.0), slots, summary.prose, useful, most)
+    count, waves = member_layout(max(available, 0.0), slots, summary.prose, useful)
     while count and slots == 1 and (available - count * RESERVE_SECONDS) / count < MIN_MEMBER_SECONDS:
         count, waves = count - 1, waves - 1
     if count == 0:
