@@ -362,6 +362,22 @@ def test_irnn_identity_init():
             assert torch.count_nonzero(p) == 0
 
 
+@pytest.mark.parametrize("name", ["rnn", "gru", "lstm"])
+def test_weight_drop_masks_the_recurrence_while_training_only(name):
+    dropped, plain = make(name, weight_drop=0.5, dropout=0.0), make(name, dropout=0.0)
+    plain.load_state_dict(dropped.state_dict())
+    before = {key: value.clone() for key, value in dropped.state_dict().items()}
+    idx = torch.randint(0, V, (4, T))
+    a, b = dropped.train()(idx)[0], plain.train()(idx)[0]
+    assert torch.allclose(a[:, 0], b[:, 0])  # the first step reads the initial state (zeros): no recurrence yet
+    assert not torch.allclose(a[:, 1:], b[:, 1:])  # later steps go through the masked hidden-to-hidden weights
+    a.sum().backward()
+    grad = dropped.rnn.weight_hh_l0.grad
+    assert 0 < (grad == 0).float().mean() < 1  # masked entries get no gradient, the others do
+    assert all(torch.equal(before[key], value) for key, value in dropped.state_dict().items())  # weights untouched
+    assert torch.equal(dropped.eval()(idx)[0], plain.eval()(idx)[0])  # evaluation and decoding: no mask
+
+
 def test_transformer_attention_maps_are_causal_distributions():
     model = make("transformer")
     model.eval()

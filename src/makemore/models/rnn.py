@@ -15,7 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
 from makemore.config import check, field
 from makemore.models.base import Dropout, LanguageModel, sequence_nll
@@ -30,8 +32,12 @@ class RecurrentConfig:
     n_hidden: int = field(256, "hidden state size of each layer")
     n_layer: int = field(2, "number of stacked recurrent layers")
     dropout: float = field(0.25, "dropout on the embeddings, between layers and before the output layer")
+    weight_drop: float = field(
+        0.0, "DropConnect on the hidden-to-hidden weights while training, one mask per batch (AWD-LSTM)"
+    )
 
     def __post_init__(self):
+        check(0 <= self.weight_drop < 1, f"--weight-drop must be in [0, 1), got {self.weight_drop}")
         check(self.n_embd >= 1, f"--n-embd must be >= 1, got {self.n_embd}")
         check(self.n_hidden >= 1, f"--n-hidden must be >= 1, got {self.n_hidden}")
         check(self.n_layer >= 1, f"--n-layer must be >= 1, got {self.n_layer}")
@@ -121,8 +127,22 @@ class Recurrent(LanguageModel):
 
     def _run(self, idx: torch.Tensor, state: State, x: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
         x = self.drop(self.wte(idx) if x is None else x)  # (B, T, n_embd)
-        out, state = self.rnn(x, state)  # (B, T, H)
+        if self.training and self.config.weight_drop > 0:
+            out, state = self._run_weight_dropped(x, state)
+        else:
+            out, state = self.rnn(x, state)  # (B, T, H)
         return self.lm_head(self.drop(out)), state  # (B, T, V)
+
+    def _run_weight_dropped(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """The fused layers with dropped-out recurrent weights (Wan et al. 2013 DropConnect, as in Merity et al. 2017
+        "Regularizing and Optimizing LSTM Language Models"): one mask for the whole batch, so every time step of a
+        sequence sees the same recurrence, and the cell stays the fused one."""
+        p = self.config.weight_drop
+        weights = {
+            name: F.dropout(w, p, training=True) if name.startswith("weight_hh") else w
+            for name, w in self.rnn.named_parameters()
+        }
+        return functional_call(self.rnn, weights, (x, state))
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         if self.n_labels:
