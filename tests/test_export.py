@@ -35,6 +35,7 @@ MIXES = {
     "mix": ["ngram", "gru", "transformer"],
     "mix-neural": ["bigram", "mlp", "transformer"],
     "mix-recurrent": ["gru", "lstm", "rnn-relu"],  # ONNX: every member's state in the mix's step function
+    "mix-log-linear": ["gru", "lstm", "rnn-relu"],  # softmax(sum_i w_i log p_i)
 }
 # the settings that change what a sampler computes: no biases and tied weights, other norms and activations
 VARIANTS = {
@@ -67,7 +68,11 @@ def tiny_run(root: Path, name: str) -> Path:
     if out.exists():
         return out
     if name in MIXES:
-        mix_runs([tiny_run(root, member) for member in MIXES[name]], out)
+        mix_runs(
+            [tiny_run(root, member) for member in MIXES[name]],
+            out,
+            combine="log-linear" if "log-linear" in name else "linear",
+        )
         return out
     data = root / "names.txt"
     if not data.exists():
@@ -323,7 +328,7 @@ def onnx_check(run: Path, out: Path) -> None:
         assert np.allclose(totals(np.stack(outputs, axis=1)), want, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["gru", "mix-recurrent"])  # hand-built graphs: quick to export
+@pytest.mark.parametrize("name", ["gru", "mix-recurrent", "mix-log-linear"])  # hand-built graphs: quick to export
 def test_onnx_export_matches_the_package(name, runs, tmp_path, capsys):
     run = tiny_run(runs, name)  # the GRU gate layout is the classic pitfall; a mix joins its members' graphs
     code, stdout, _ = run_cli(capsys, "export", run, "--format", "onnx", "--out", tmp_path / "onnx")

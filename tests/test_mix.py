@@ -9,7 +9,8 @@ from helpers import run_cli
 from makemore.data.lines import LineSplit, Vocab
 from makemore.errors import MakemoreError
 from makemore.models import MODELS, build_model
-from makemore.models.mix import Mix, MixConfig, fit_weights, member_log_probs, mixture_nll
+from makemore.models.mix import Mix, MixConfig, member_log_probs
+from makemore.models.mix_weights import fit_log_linear, fit_weights, log_linear_nll, mixture_nll
 from makemore.runs import checkpoint as ckpt
 from makemore.training.evaluation import evaluate
 
@@ -29,8 +30,8 @@ def uniform():
     return build_model("bigram", MODELS["bigram"].config_class(), VOCAB.size).eval()  # zero logits: uniform
 
 
-def mixed(members):
-    mix = Mix(MixConfig(n_members=len(members)), VOCAB.size, members)
+def mixed(members, combine="linear"):
+    mix = Mix(MixConfig(n_members=len(members), combine=combine), VOCAB.size, members)
     mix.fit(None, LineSplit(VAL, VOCAB))
     return mix.eval()
 
@@ -48,7 +49,7 @@ def test_weights_are_a_distribution_that_favours_the_better_member():
 
 
 def test_em_reaches_the_optimum_of_the_held_out_likelihood():
-    log_probs = member_log_probs([ngram(2), ngram(4), uniform()], LineSplit(VAL, VOCAB).eval_batches(64))
+    log_probs = member_log_probs([ngram(2), ngram(4), uniform()], LineSplit(VAL, VOCAB).eval_batches(64)).log_probs
     weights = fit_weights(log_probs)
     # The mean log-likelihood is concave in the weights; its gradient along member i is mean_t p_i(t) / p(t).
     # At the optimum over the simplex (KKT) that is 1 for every member with weight > 0, and <= 1 for the rest.
@@ -61,23 +62,46 @@ def test_em_reaches_the_optimum_of_the_held_out_likelihood():
         assert mixture_nll(log_probs, w) >= best - 1e-12
 
 
+def test_log_linear_weights_reach_the_optimum_of_the_held_out_likelihood():
+    held_out = member_log_probs([ngram(2), ngram(4), ngram(3, "add-k")], LineSplit(VAL, VOCAB).eval_batches(64), True)
+    dists, targets = held_out.log_dists, held_out.targets
+    assert torch.allclose(dists.double().gather(-1, targets[None, :, None].expand(3, -1, 1)).squeeze(-1),
+                          held_out.log_probs, atol=1e-6)  # fmt: skip
+    weights = fit_log_linear(dists, targets)
+    assert (weights >= 0).all() and weights.sum() > 0
+    # convex in the weights: at the optimum over w >= 0 the gradient is 0 where w > 0 and >= 0 where w = 0 (KKT)
+    w = weights.clone().requires_grad_(True)
+    mixed_log_p = torch.log_softmax((dists.double() * w[:, None, None]).sum(0), dim=-1)
+    (-mixed_log_p.gather(-1, targets[:, None]).mean()).backward()
+    used = weights > 0
+    assert torch.allclose(w.grad[used], torch.zeros(int(used.sum()), dtype=torch.float64), atol=1e-4)
+    assert (w.grad[~used] >= -1e-4).all()
+    best = log_linear_nll(dists, targets, weights)
+    for other in torch.rand(50, 3, dtype=torch.float64) * 2:  # no other weighting does better
+        assert log_linear_nll(dists, targets, other) >= best - 1e-9
+    assert best < mixture_nll(held_out.log_probs, fit_weights(held_out.log_probs))  # these members: log-linear wins
+
+
+@pytest.mark.parametrize("combine", ["linear", "log-linear"])
 @pytest.mark.parametrize("members", [lambda: [ngram(2), ngram(4)], lambda: [ngram(3), ngram(2, "add-k"), uniform()]])
-def test_mix_is_never_worse_than_its_best_member_on_the_data_it_was_fitted_on(members):
+def test_mix_is_never_worse_than_its_best_member_on_the_data_it_was_fitted_on(members, combine):
     members = members()
-    mix = mixed(members)
-    assert nll(mix) <= min(nll(member) for member in members) + 1e-9
+    mix = mixed(members, combine)
+    assert nll(mix) <= min(nll(member) for member in members) + 1e-6
 
 
-def test_a_mix_dominated_by_one_member_is_that_member():
+@pytest.mark.parametrize("combine", ["linear", "log-linear"])
+def test_a_mix_dominated_by_one_member_is_that_member(combine):
     # the best mixture of a good model and a copy made much worse is the good model alone: EM only approaches a
     # corner of the simplex, so the fit must compare against the corners
     good, bad = ngram(3), ngram(1)
-    mix = mixed([good, bad])
-    assert nll(mix) <= nll(good) + 1e-9
+    mix = mixed([good, bad], combine)
+    assert nll(mix) <= nll(good) + 1e-6
 
 
-def test_incremental_steps_equal_the_full_forward():
-    mix = mixed([ngram(3), ngram(2, "add-k"), uniform()])
+@pytest.mark.parametrize("combine", ["linear", "log-linear"])
+def test_incremental_steps_equal_the_full_forward(combine):
+    mix = mixed([ngram(3), ngram(2, "add-k"), uniform()], combine)
     split = LineSplit(VAL, VOCAB)
     full, _ = mix(split.inputs)  # (B, T, V)
     state = mix.init_state(len(split))
@@ -103,7 +127,7 @@ def test_mix_command_makes_a_run_that_evaluates_samples_and_scores(capsys, tmp_p
     out_dir = tmp_path / "mix"
     code, out, err = run_cli(capsys, "mix", tmp_path / "kn", tmp_path / "mlp", "--out", out_dir)
     assert code == 0, err
-    assert "weights fitted by EM" in out
+    assert "linear mix, weights fitted by EM" in out
 
     code, out, err = run_cli(capsys, "eval", out_dir, "--format", "json")
     assert code == 0, err
@@ -197,8 +221,10 @@ def test_stream_runs_mix_with_each_member_reading_its_own_context(capsys, tmp_pa
         code, _, err = run_cli(capsys, *common, "--out", tmp_path / name, *flags)
         assert code == 0, err
         own[name] = json.loads(run_cli(capsys, "eval", tmp_path / name, "--format", "json")[1])["val"]["nll"]
-    code, out, err = run_cli(capsys, "mix", *(tmp_path / name for name in runs), "--out", tmp_path / "mix")
-    assert code == 0, err
+    code, out, err = run_cli(
+        capsys, "mix", *(tmp_path / name for name in runs), "--out", tmp_path / "mix", "--combine", "log-linear"
+    )
+    assert code == 0 and "log-linear mix, weights fitted by L-BFGS" in out, err
     fitted = float(out.split("mix: val nll ")[1].split(";")[0])
     read_in_mix = {name: float(line.split("val nll ")[1]) for name, line in zip(runs, out.splitlines()[1:4])}
     # the n-gram's whole context fits in what the mix keeps: the very same log-probs as its own evaluation
@@ -236,3 +262,9 @@ def test_mix_runs_is_a_library_function_the_command_calls(capsys, tmp_path, name
         mix_runs(members[:1], tmp_path / "solo")
     code, out, err = run_cli(capsys, "mix", *members, "--out", tmp_path / "cli")
     assert code == 0 and f"val nll {result['val_nll']:.4f}" in out, err
+    best = mix_runs(members, tmp_path / "best", combine="best")  # both fitted; the lower val NLL kept
+    other = mix_runs(members, tmp_path / "log-linear", combine="log-linear")
+    assert best["val_nll"] == min(result["val_nll"], other["val_nll"])
+    assert ckpt.read_run_spec(tmp_path / "best").model_config.combine == best["combine"]
+    with pytest.raises(MakemoreError, match="--combine must be one of"):
+        mix_runs(members, tmp_path / "bad", combine="geometric")

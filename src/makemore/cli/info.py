@@ -54,15 +54,21 @@ def _size(info: dict[str, Any]) -> str:
 def _trained(info: dict[str, Any]) -> str:
     if "auto" in info:
         done, planned = len(info["auto"]["members"]), len(info["auto"]["planned"])
-        return f"--model auto: {done} of {planned} planned members trained, mixed by EM on val"
+        return f"--model auto: {done} of {planned} planned members trained, {_mixed(info)} on val"
     if "mix" in info:
-        return "mixture weights fitted by EM (each member trained on its own)"
+        return f"{_mixed(info)} (each member trained on its own)"
     if info["closed_form"]:
         return "fitted in closed form (no training steps)"
     if info["steps"] is None:
         return "not yet (no checkpoint or log)"
     limit = info.get("schedule_steps") or info["max_steps"]
     return f"{info['steps']:,} of {limit:,} steps" if limit else f"{info['steps']:,} steps"
+
+
+def _mixed(info: dict[str, Any]) -> str:
+    if info["model_config"].get("combine") == "log-linear":
+        return "log-linear mix (weights fitted by L-BFGS)"
+    return "linear mix (weights fitted by EM)"
 
 
 def _best(info: dict[str, Any]) -> str:

@@ -12,8 +12,9 @@ from makemore.models.mix import MixConfig
 def _parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="makemore mix",
-        description="Mix trained runs: p = sum_i w_i p_i, the weights fitted on val by EM (the members never "
-        "trained on val). The result is a run like any other.",
+        description="Mix trained runs: p = sum_i w_i p_i (linear, the weights fitted by EM) or p = softmax(sum_i "
+        "w_i log p_i) (log-linear), the weights fitted on val (the members never trained on val). The result is a run "
+        "like any other.",
     )
     parser.add_argument("runs", nargs="+", metavar="RUN", help="trained run directories sharing one vocabulary")
     parser.add_argument("-o", "--out", required=True, metavar="RUN_MIX", help="run directory to write")
@@ -24,6 +25,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--em-steps", type=int, default=MixConfig().em_steps, help="most EM iterations (default: %(default)s)"
     )
+    parser.add_argument(
+        "--combine",
+        choices=("linear", "log-linear", "best"),
+        default="linear",
+        help="how the members' distributions combine; best: both fitted, the lower val NLL kept (default: linear)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, mps or auto (default: cpu)")
     return parser
 
@@ -32,13 +39,14 @@ def cmd_mix(argv: list[str]) -> int:
     from makemore.jobs.mix import mix_runs
 
     args = _parser().parse_args(argv)
-    result = mix_runs(args.runs, args.out, args.force, args.val_file, args.em_steps, args.device)
+    result = mix_runs(args.runs, args.out, args.force, args.val_file, args.em_steps, args.device, combine=args.combine)
     print(describe_mix(result))
     return 0
 
 
 def describe_mix(result: dict[str, Any]) -> str:
-    lines = [f"weights fitted by EM on {result['fitted_on']} ({result['tokens']} tokens):"]
+    how = "EM" if result["combine"] == "linear" else "L-BFGS"
+    lines = [f"{result['combine']} mix, weights fitted by {how} on {result['fitted_on']} ({result['tokens']} tokens):"]
     width = max(len(member["run"]) for member in result["members"])
     for member in result["members"]:
         lines.append(

@@ -75,7 +75,8 @@ def export_graph(g: Graphs, which: str, path: Path, state_names: list[str]) -> N
                 counts.append(len(part.initial_state(1)))
                 parts.append(Path(folder) / f"member{i}.onnx")
                 export_graph(part, which, parts[-1], [f"state{j}" for j in range(counts[-1])])
-            return join_mix(parts, path, g.model.weights.tolist(), which, counts)
+            log_linear = g.model.config.combine == "log-linear"
+            return join_mix(parts, path, g.model.weights.tolist(), which, counts, log_linear)
     batch, time = torch.export.Dim("batch", min=1, max=65536), torch.export.Dim("time", min=1, max=4096)
     label = [torch.zeros(2, dtype=torch.long)] if g.labelled else []
     if which == "step":

@@ -1,4 +1,4 @@
-"""Mix trained runs: p = sum_i w_i p_i, the weights fitted on val by EM (see models/mix.py), written as a new run.
+"""Mix trained runs: p = sum_i w_i p_i (or log-linear), the weights fitted on val (models/mix.py), as a new run.
 
 The mix run directory describes itself like any run: run.json (model "mix"), one model.safetensors (the mixture
 weights and every member's weights), members/<i>/run.json (each member's structure), and the data splits of the
@@ -19,7 +19,8 @@ from makemore.data.lines import LineSplit, parse_items, read_text
 from makemore.errors import MakemoreError
 from makemore.jobs.train_labels import labelled_val
 from makemore.models import LanguageModel
-from makemore.models.mix import MEMBERS_DIR, Mix, MixConfig, fit_weights, member_dir, member_log_probs, mixture_nll
+from makemore.models.mix import MEMBERS_DIR, Mix, MixConfig, member_dir, member_log_probs
+from makemore.models.mix_weights import COMBINES, HeldOut, fit
 from makemore.runs import checkpoint as ckpt
 
 SPLIT_FILES = ("train.txt", "val.txt", "test.txt")
@@ -47,27 +48,39 @@ def mix_runs(
     em_steps: int = MixConfig().em_steps,
     device: str = "cpu",
     min_runs: int = 2,
+    combine: str = "linear",
 ) -> dict[str, Any]:
     """Fit mixture weights of `runs` on val (or `val_file`, line-mode runs only) and write the mix run to `out`.
 
-    Returns what was fitted: {"out", "fitted_on", "tokens", "val_nll", "members": [{"run", "model", "weight",
-    "val_nll"}]}. Raises MakemoreError for runs that cannot be mixed (different vocabularies, splits or texts).
+    `combine`: "linear" (EM), "log-linear", or "best" (both fitted, the one with the lower val NLL kept).
+    Returns what was fitted: {"out", "fitted_on", "tokens", "combine", "val_nll", "members": [{"run", "model",
+    "weight", "val_nll"}]}. Raises MakemoreError for runs that cannot be mixed (different vocabularies, splits or
+    texts).
     """
     from makemore.training.devices import resolve_device
 
     if em_steps < 1:
         raise MakemoreError(f"--em-steps must be >= 1, got {em_steps}")
+    if combine not in (*COMBINES, "best"):
+        raise MakemoreError(f"--combine must be one of {', '.join(COMBINES)} or best, got {combine!r}")
     if len(runs) < min_runs:  # `--model auto` writes a mix of one (its n-gram) to be usable at once
         raise MakemoreError("mix needs at least two runs")
     members = _load_members([Path(run) for run in runs], resolve_device(device))
+    whole = combine != "linear"  # a log-linear mix is fitted on the members' whole distributions
     if members.stream:
         if val_file:
             raise MakemoreError("--val-file is for line-mode runs; stream runs are mixed on their val stretch")
-        log_probs, data, splits = _stream_val(members)
+        held_out, data, splits = _stream_val(members, whole)
     else:
-        log_probs, data, splits = _line_val(members, val_file)
+        held_out, data, splits = _line_val(members, val_file, whole)
     fitted_on = str(Path(val_file).resolve()) if val_file else "val"
-    return _write_mix(Path(out), members, log_probs, data, splits, em_steps, fitted_on, force)
+    combine, weights, val_nll = fit(held_out, combine, em_steps)
+    config = MixConfig(n_members=len(runs), em_steps=em_steps, combine=combine)
+    result = _write_mix(Path(out), members, config, weights, val_nll, data, splits, fitted_on, force)
+    result["tokens"] = int(held_out.log_probs.size(1))
+    for member, row in zip(result["members"], held_out.log_probs):
+        member["val_nll"] = -row.mean().item()
+    return result
 
 
 def _load_members(runs: list[Path], device: torch.device) -> Members:
@@ -86,7 +99,7 @@ def _load_members(runs: list[Path], device: torch.device) -> Members:
     return members
 
 
-def _line_val(members: Members, val_file: str | Path | None) -> tuple[torch.Tensor, dict, dict[str, list[str]]]:
+def _line_val(members: Members, val_file: str | Path | None, whole: bool) -> tuple[HeldOut, dict, dict[str, list]]:
     """Line-mode members trained on the same splits: their log-probs of each val token (or of `val_file`)."""
     runs, vocab = members.runs, members.specs[0].vocab
     splits = {name: ckpt.read_split_items(runs[0], name) for name in SPLITS}
@@ -104,11 +117,11 @@ def _line_val(members: Members, val_file: str | Path | None) -> tuple[torch.Tens
     if not splits["val"]:
         raise MakemoreError(f"{runs[0]}: no val split to fit the weights on; give --val-file")
     val = labelled_val(members.specs, runs[0], splits, val_file) or LineSplit(splits["val"], vocab)
-    log_probs = member_log_probs(members.models, val.eval_batches(1024))  # (members, tokens)
-    return log_probs, dict(members.specs[0].data), splits
+    held_out = member_log_probs(members.models, val.eval_batches(1024), whole)  # (members, tokens)
+    return held_out, dict(members.specs[0].data), splits
 
 
-def _stream_val(members: Members) -> tuple[torch.Tensor, dict, None]:
+def _stream_val(members: Members, whole: bool) -> tuple[HeldOut, dict, None]:
     """Stream-mode members of one text: their log-probs of its val stretch, which every member reads with its own
     context (Mix.member_logits_with_state) in windows of half the smallest member window."""
     from makemore.data.corpus import open_stream_corpus
@@ -128,23 +141,22 @@ def _stream_val(members: Members) -> tuple[torch.Tensor, dict, None]:
     val = stream_splits(corpus, data, mix, where=where)["val"]
     if not len(val):
         raise MakemoreError(f"{runs[0]}: no val stretch to fit the weights on")
-    return member_log_probs(members.models, val.eval_batches(1024)), data, None  # (members, chars)
+    return member_log_probs(members.models, val.eval_batches(1024), whole), data, None  # (members, chars)
 
 
 def _write_mix(
     out: Path,
     members: Members,
-    log_probs: torch.Tensor,
+    config: MixConfig,
+    weights: torch.Tensor,
+    val_nll: float,
     data: dict[str, Any],
     splits: dict[str, list[str]] | None,
-    em_steps: int,
     fitted_on: str,
     force: bool,
 ) -> dict[str, Any]:
-    """Fit the weights on `log_probs` (members, tokens) and write the mix run directory; returns the summary."""
+    """Write the mix run directory with its fitted `weights`; returns the summary."""
     runs, specs = members.runs, members.specs
-    weights = fit_weights(log_probs, em_steps)
-    config = MixConfig(n_members=len(runs), em_steps=em_steps)
     mix = Mix(config, specs[0].vocab.size, members.models)
     mix.weights = weights.to(mix.weights.device)
     prepare_out(out, runs, force)
@@ -153,7 +165,6 @@ def _write_mix(
         ckpt.write_json(member_dir(out, i) / ckpt.RUN_FILE, ckpt.read_json(run / ckpt.RUN_FILE))
         if (run / MEMBERS_DIR).is_dir():  # a member that is itself a mix brings its members' run.json files
             shutil.copytree(run / MEMBERS_DIR, member_dir(out, i) / MEMBERS_DIR)
-    val_nll = mixture_nll(log_probs, weights)
     data["mix"] = {
         "members": [str(run.resolve()) for run in runs],
         "weights": weights.tolist(),
@@ -168,11 +179,11 @@ def _write_mix(
     return {
         "out": str(out),
         "fitted_on": fitted_on,
-        "tokens": int(log_probs.size(1)),
+        "combine": config.combine,
         "val_nll": val_nll,
         "members": [
-            {"run": str(run), "model": spec.model_name, "weight": weight, "val_nll": -row.mean().item()}
-            for run, spec, weight, row in zip(runs, specs, weights.tolist(), log_probs)
+            {"run": str(run), "model": spec.model_name, "weight": weight}
+            for run, spec, weight in zip(runs, specs, weights.tolist())
         ],
     }
 

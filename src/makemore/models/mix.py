@@ -1,9 +1,10 @@
-"""A mixture of trained runs: p(w | h) = sum_i lambda_i p_i(w | h), the weights fitted on held-out data by EM.
+"""A mixture of trained runs, its weights fitted on val, which the members never trained on:
 
-Linear interpolation of language models (Jelinek & Mercer 1980, "Interpolated estimation of Markov source
-parameters from sparse data"), with the weights estimated by expectation-maximisation (Dempster, Laird & Rubin
-1977) on val, which the members never trained on. Count models and neural models make different mistakes, so their
-mixture beats each of them.
+- linear: p(w | h) = sum_i lambda_i p_i(w | h) (Jelinek & Mercer 1980, "Interpolated estimation of Markov source
+  parameters from sparse data"), the weights fitted by EM;
+- log-linear: p(w | h) = softmax_w(sum_i lambda_i log p_i(w | h)) (Klakow 1998), the weights by L-BFGS.
+
+Count models and neural models make different mistakes, so their mixture beats each of them (mix_weights.py).
 
 A mix is a model like any other: forward returns log p as logits, and its incremental state is the list of its
 members' states (each member steps, then the distributions are combined). Its run directory holds each member's
@@ -14,6 +15,7 @@ the mixture weights: it loads without the members' original runs and without exe
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ from makemore.config import check, field
 from makemore.data.lines import IGNORE
 from makemore.errors import MakemoreError
 from makemore.models.base import LanguageModel, sequence_nll
-from makemore.models.ngram import one_thread
+from makemore.models.mix_weights import COMBINES, HeldOut, fit
 
 MEMBERS_DIR = "members"  # RUN_MIX/members/<i>/run.json
 
@@ -35,6 +37,9 @@ MEMBERS_DIR = "members"  # RUN_MIX/members/<i>/run.json
 class MixConfig:
     n_members: int = field(0, "how many runs are mixed (set by `makemore mix`)")
     em_steps: int = field(1000, "at most this many EM iterations when fitting the weights on val")
+    combine: str = field(
+        "linear", "linear: sum_i w_i p_i; log-linear: softmax(sum_i w_i log p_i) (set by `makemore mix`)", COMBINES
+    )
 
     def __post_init__(self):
         check(self.n_members >= 0, f"n_members must be >= 0, got {self.n_members}")
@@ -93,17 +98,20 @@ class Mix(LanguageModel):
             return
         if val is None or len(val) == 0:
             raise MakemoreError("a mix fits its weights on val, and there is no val split")
-        log_probs = member_log_probs(self.members, val.eval_batches(1024))
-        self.weights = fit_weights(log_probs, self.config.em_steps).to(self.weights.device)
+        log_linear = self.config.combine == "log-linear"
+        held_out = member_log_probs(self.members, val.eval_batches(1024), whole=log_linear)
+        _, weights, _ = fit(held_out, self.config.combine, self.config.em_steps)
+        self.weights = weights.to(self.weights.device)
 
     # ------------------------------------------------------------------------------------------------ scoring
     def _combine(self, member_logits: list[torch.Tensor]) -> torch.Tensor:
-        """log sum_i lambda_i p_i from each member's logits (..., V), skipping members with zero weight."""
-        terms = [
-            F.log_softmax(logits.float(), dim=-1) + math.log(weight)
-            for logits, weight in zip(member_logits, self.weights.tolist())
-            if weight > 0
-        ]
+        """The mixture's log-probs (..., V) from each member's logits (..., V), skipping members with zero weight:
+        log sum_i lambda_i p_i (linear), or log softmax(sum_i lambda_i log p_i) (log-linear)."""
+        used = [(logits, weight) for logits, weight in zip(member_logits, self.weights.tolist()) if weight > 0]
+        if self.config.combine == "log-linear":  # in float64: the weights (up to ~1) scale float32 rounding
+            total = sum(F.log_softmax(logits.double(), dim=-1) * weight for logits, weight in used)
+            return F.log_softmax(total, dim=-1).float()
+        terms = [F.log_softmax(logits.float(), dim=-1) + math.log(weight) for logits, weight in used]
         return torch.logsumexp(torch.stack(terms), dim=0)  # (..., V)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
@@ -163,8 +171,9 @@ class Mix(LanguageModel):
 
 
 @torch.no_grad()
-def member_log_probs(members: list[LanguageModel] | nn.ModuleList, batches: Any) -> torch.Tensor:
-    """(members, tokens) log-probability each member gives each real target token of `batches`.
+def member_log_probs(members: list[LanguageModel] | nn.ModuleList, batches: Iterable, whole: bool = False) -> HeldOut:
+    """What each member says about each real target token of `batches`: log p (members, tokens), and with `whole`
+    each member's whole log-distribution (members, tokens, V), which a log-linear mix is fitted on.
 
     Batches that carry state (stream mode: consecutive windows of parallel streams) are read as a mix reads them,
     every member continuing from what it read before (Mix.member_logits_with_state)."""
@@ -172,7 +181,7 @@ def member_log_probs(members: list[LanguageModel] | nn.ModuleList, batches: Any)
         member.eval()
     carry, state = getattr(batches, "carry_state", False), None
     mix = Mix(MixConfig(n_members=len(members)), members[0].vocab_size, list(members)) if carry else None
-    columns = []
+    columns, dists, targets = [], [], []
     for x, y in batches:
         x, y = x.to(members[0].device), y.to(members[0].device)
         real = y != IGNORE
@@ -180,36 +189,11 @@ def member_log_probs(members: list[LanguageModel] | nn.ModuleList, batches: Any)
             member_logits, state = mix.member_logits_with_state(x, state)
         else:
             member_logits = [member(x)[0] for member in members]
-        rows = []
-        for logits in member_logits:
-            logp = F.log_softmax(logits.double(), dim=-1)  # (B, T, V)
-            rows.append(logp.gather(-1, y.clamp(min=0)[..., None]).squeeze(-1)[real])  # (tokens,)
-        columns.append(torch.stack(rows).cpu())
-    return torch.cat(columns, dim=1)
-
-
-def mixture_nll(log_probs: torch.Tensor, weights: torch.Tensor) -> float:
-    """Mean NLL of the mixture with `weights` (K,), given member log-probs (K, tokens)."""
-    return -torch.logsumexp(log_probs + weights.log()[:, None], dim=0).mean().item()
-
-
-def fit_weights(log_probs: torch.Tensor, steps: int = 1000, tolerance: float = 1e-10) -> torch.Tensor:
-    """Mixture weights (K,) that maximise the likelihood of held-out tokens, by EM from uniform weights.
-
-    E step: each member's posterior share of each token; M step: the new weight of a member is its mean share.
-    Each step raises the likelihood, which is concave in the weights, so EM heads for the global optimum; but when
-    that optimum is a single member, EM only approaches it slowly (1/t). Picking the best of the EM result and the
-    K single members makes the mixture never worse on the fitting data than its best member.
-    """
-    K = log_probs.size(0)
-    weights = torch.full((K,), 1.0 / K, dtype=torch.float64)
-    with one_thread():  # many small steps: see ngram.one_thread
-        for _ in range(steps):
-            shares = torch.softmax(log_probs + weights.log()[:, None], dim=0)  # (K, tokens)
-            updated = shares.mean(dim=1)
-            done = (updated - weights).abs().max().item() < tolerance
-            weights = updated
-            if done:
-                break
-    candidates = [weights] + [F.one_hot(torch.tensor(k), K).double() for k in range(K)]
-    return min(candidates, key=lambda w: mixture_nll(log_probs, w))
+        log_dists = torch.stack([F.log_softmax(logits.double(), dim=-1)[real] for logits in member_logits])  # (K, n, V)
+        columns.append(log_dists.gather(-1, y[real][None, :, None].expand(len(members), -1, 1)).squeeze(-1).cpu())
+        if whole:
+            dists.append(log_dists.float().cpu())
+            targets.append(y[real].cpu())
+    if not whole:
+        return HeldOut(torch.cat(columns, dim=1))
+    return HeldOut(torch.cat(columns, dim=1), torch.cat(dists, dim=1), torch.cat(targets))

@@ -20,7 +20,7 @@ from torch import nn
 
 from makemore.models.base import LanguageModel, sequence_nll
 from makemore.models.labels import take_labels
-from makemore.models.mix import fit_weights
+from makemore.models.mix_weights import fit_weights
 from makemore.models.ngram import NGram, NGramConfig, context_windows
 
 MIN_VAL_ITEMS = 20  # a label's own held-out choices (order, discounts) need at least this many val items

@@ -304,6 +304,11 @@ const FAMILIES = {
       init: (label = null) => members.map((m) => m.init(label)),
       step(t, s, label) {
         const outs = members.map((m, i) => m.step(t, s[i], label));
+        if (spec.config.combine === "log-linear") {  // softmax(sum_i w_i log p_i)
+          const used = outs.map((o, i) => [logSoftmax(o[0]), spec.weights[i]]).filter(([, wi]) => wi > 0);
+          const total = used[0][0].map((_, j) => used.reduce((a, [lp, wi]) => a + wi * lp[j], 0));
+          return [logSoftmax(total), outs.map((o) => o[1])];
+        }
         const terms = outs.map((o, i) => spec.weights[i] > 0 ? logSoftmax(o[0]).map((a) => a + Math.log(spec.weights[i])) : null).filter((x) => x);
         const logits = terms[0].map((_, j) => {
           const top = Math.max(...terms.map((x) => x[j]));

@@ -355,17 +355,23 @@ class LabelledNGram:
 
 
 class Mix:
-    """p = sum_i weight_i p_i: every member steps, then the distributions are combined."""
+    """p = sum_i weight_i p_i (log-linear: softmax(sum_i weight_i log p_i)): every member steps, then the
+    distributions are combined."""
 
     def __init__(self, spec, w):
         self.members = [build(m, w, f"members.{i}.") for i, m in enumerate(spec["members"])]
+        self.weights = spec["weights"]
         self.log_weights = [math.log(x) if x > 0 else None for x in spec["weights"]]
+        self.log_linear = spec["config"].get("combine") == "log-linear"
 
     def init(self, batch, labels=None):
         return [m.init(batch, labels) for m in self.members]
 
     def step(self, ids, state, labels=None):
         outs = [m.step(ids, s, labels) for m, s in zip(self.members, state)]
+        if self.log_linear:
+            total = sum(x * log_softmax(o[0]) for o, x in zip(outs, self.weights) if x > 0)
+            return log_softmax(total), [o[1] for o in outs]
         terms = [log_softmax(o[0]) + lw for o, lw in zip(outs, self.log_weights) if lw is not None]
         return logsumexp(np.stack(terms), axis=0), [o[1] for o in outs]
 
