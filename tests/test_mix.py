@@ -67,7 +67,7 @@ def test_log_linear_weights_reach_the_optimum_of_the_held_out_likelihood():
     dists, targets = held_out.log_dists, held_out.targets
     assert torch.allclose(dists.double().gather(-1, targets[None, :, None].expand(3, -1, 1)).squeeze(-1),
                           held_out.log_probs, atol=1e-6)  # fmt: skip
-    weights = fit_log_linear(dists, targets)
+    weights, fitted_nll = fit_log_linear(dists, targets, held_out.log_probs)
     assert (weights >= 0).all() and weights.sum() > 0
     # convex in the weights: at the optimum over w >= 0 the gradient is 0 where w > 0 and >= 0 where w = 0 (KKT)
     w = weights.clone().requires_grad_(True)
@@ -77,6 +77,7 @@ def test_log_linear_weights_reach_the_optimum_of_the_held_out_likelihood():
     assert torch.allclose(w.grad[used], torch.zeros(int(used.sum()), dtype=torch.float64), atol=1e-4)
     assert (w.grad[~used] >= -1e-4).all()
     best = log_linear_nll(dists, targets, weights)
+    assert fitted_nll == pytest.approx(best, abs=1e-12)
     for other in torch.rand(50, 3, dtype=torch.float64) * 2:  # no other weighting does better
         assert log_linear_nll(dists, targets, other) >= best - 1e-9
     assert best < mixture_nll(held_out.log_probs, fit_weights(held_out.log_probs))  # these members: log-linear wins

@@ -76,12 +76,15 @@ def log_linear_nll(log_dists: torch.Tensor, targets: torch.Tensor, weights: torc
     return total / max(targets.numel(), 1)
 
 
-def fit_log_linear(log_dists: torch.Tensor, targets: torch.Tensor, steps: int = 500) -> torch.Tensor:
+def fit_log_linear(
+    log_dists: torch.Tensor, targets: torch.Tensor, log_probs: torch.Tensor, steps: int = 500
+) -> tuple[torch.Tensor, float]:
     """Log-linear weights (K,) >= 0 that minimise the NLL of softmax(sum_i w_i log p_i) on held-out tokens.
 
     The weights are softplus(r) (non-negative, so a member cannot be used "against"), optimised by L-BFGS from
     w_i = 1/K on an evenly spaced subset of at most FIT_TOKENS tokens; weights under NEGLIGIBLE become 0. The best
-    of that and the single members (scored on every token) is returned."""
+    of that and the single members (scored on every token; a member alone is its own log-probs `log_probs` (K, N))
+    is returned, with its mean NLL on every token."""
     K, N = log_dists.shape[:2]
     every = torch.arange(0, N, max(1, -(-N // FIT_TOKENS)))
     dists, picked = log_dists[:, every].double(), targets[every]  # (K, n, V), (n,)
@@ -99,8 +102,11 @@ def fit_log_linear(log_dists: torch.Tensor, targets: torch.Tensor, steps: int = 
     optimizer.step(closure)
     weights = F.softplus(raw.detach())
     weights = torch.where(weights < NEGLIGIBLE, torch.zeros_like(weights), weights)
-    candidates = [weights] + [F.one_hot(torch.tensor(k), K).double() for k in range(K)]
-    return min(candidates, key=lambda w: log_linear_nll(log_dists, targets, w))
+    alone = -log_probs.mean(dim=1)  # (K,) softmax(1 * log p_k) = p_k
+    nll = log_linear_nll(log_dists, targets, weights)
+    if nll <= alone.min().item():
+        return weights, nll
+    return F.one_hot(alone.argmin(), K).double(), alone.min().item()
 
 
 def fit(held_out: HeldOut, combine: str, em_steps: int = 1000) -> tuple[str, torch.Tensor, float]:
@@ -113,8 +119,7 @@ def fit(held_out: HeldOut, combine: str, em_steps: int = 1000) -> tuple[str, tor
     if combine in ("log-linear", "best"):
         if held_out.log_dists is None or held_out.targets is None:
             raise ValueError("a log-linear mix is fitted on the members' whole distributions")
-        weights = fit_log_linear(held_out.log_dists, held_out.targets)
-        fitted.append(("log-linear", weights, log_linear_nll(held_out.log_dists, held_out.targets, weights)))
+        fitted.append(("log-linear", *fit_log_linear(held_out.log_dists, held_out.targets, held_out.log_probs)))
     if not fitted:
         raise ValueError(f"combine must be one of {', '.join(COMBINES)} or best, got {combine!r}")
     return min(fitted, key=lambda result: result[2])
