@@ -267,5 +267,7 @@ def test_mix_runs_is_a_library_function_the_command_calls(capsys, tmp_path, name
     other = mix_runs(members, tmp_path / "log-linear", combine="log-linear")
     assert best["val_nll"] == min(result["val_nll"], other["val_nll"])
     assert ckpt.read_run_spec(tmp_path / "best").model_config.combine == best["combine"]
+    alone = mix_runs(members[:1], tmp_path / "alone", combine="best", min_runs=1)  # auto's mix of its n-gram alone
+    assert alone["combine"] == "linear" and [m["weight"] for m in alone["members"]] == [1.0]
     with pytest.raises(MakemoreError, match="--combine must be one of"):
         mix_runs(members, tmp_path / "bad", combine="geometric")

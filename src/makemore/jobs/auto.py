@@ -4,7 +4,7 @@
     OUT/parts/1-ngram/     the Kneser-Ney n-gram: a normal run, fitted first
     OUT/parts/2-gru/ ...   the neural members: normal runs, trained one after another
     OUT/splits/            labelled data: the n-gram's split as label<TAB>item files (members with another seed)
-    OUT/run.json, ...      a mix of the members finished so far (weights fitted on val by EM): after the n-gram
+    OUT/run.json, ...      a mix of the members finished so far (weights fitted on val): after the n-gram
                            it is usable at once, and it is re-fitted as each member finishes
 
 Stopped at any moment (Ctrl-C, SIGKILL), `--resume OUT` keeps the finished members, resumes the interrupted one

@@ -1,8 +1,9 @@
 """`--model auto`: the plan, as a pure function of a summary of the data, the time budget and the device kind.
 
 The plan is a Kneser-Ney n-gram (fitted first, in seconds: a usable model at once) and a few neural members trained
-one after another, each a normal run, mixed at the end with weights fitted on val by EM (a member that adds nothing
-gets weight ~0, so the mix is never worse on val than the n-gram alone). The rules, and the measurements behind them
+one after another, each a normal run, mixed at the end with weights fitted on val (linear by EM or log-linear,
+whichever fits val better; a member that adds nothing gets weight ~0, so the mix is never worse on val than the
+n-gram alone). The rules, and the measurements behind them
 (2-core CPU; docs/auto.md has the tables):
 
 - **Which families.** Short items (names, words): the GRU first, then the Transformer, then the LSTM, the order
@@ -276,5 +277,5 @@ def describe_plan(plan: Plan) -> list[str]:
         lines.append(f"  {member.name}: {member.seconds:.0f} s ({shown}) — {member.why}")
     if plan.slots > 1:
         lines.append(f"  {plan.slots} at a time, side by side (one process and one core each)")
-    lines.append("  then: a mix of all of them, weights fitted on val by EM" if plan.members else "  (no mix)")
+    lines.append("  then: a mix of all of them fitted on val, linear or log-linear" if plan.members else "  (no mix)")
     return lines

@@ -140,7 +140,8 @@ MODELS: dict[str, ModelSpec] = {
     "mix": ModelSpec(
         MixConfig,
         Mix,
-        "Jelinek & Mercer 1980: interpolation of trained runs, weights fitted on val by EM (makemore mix)",
+        "Jelinek & Mercer 1980 / Klakow 1998: linear or log-linear interpolation of trained runs, weights fitted "
+        "on val (makemore mix)",
         made_by="makemore mix RUN [RUN...] --out RUN_MIX",
     ),
 }

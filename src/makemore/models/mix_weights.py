@@ -111,7 +111,9 @@ def fit_log_linear(
 
 def fit(held_out: HeldOut, combine: str, em_steps: int = 1000) -> tuple[str, torch.Tensor, float]:
     """(combine, weights, val NLL) for `combine` "linear", "log-linear", or "best": both, the one with the lower NLL
-    on the held-out tokens (a tie keeps the linear mix)."""
+    on the held-out tokens (a tie keeps the linear mix; a mix of one member is linear, that member as it is)."""
+    if combine == "best" and held_out.log_probs.size(0) == 1:
+        combine = "linear"
     fitted = []
     if combine in ("linear", "best"):
         weights = fit_weights(held_out.log_probs, em_steps)
