@@ -44,6 +44,7 @@ class MixConfig:
     def __post_init__(self):
         check(self.n_members >= 0, f"n_members must be >= 0, got {self.n_members}")
         check(self.em_steps >= 1, f"em_steps must be >= 1, got {self.em_steps}")
+        check(self.combine in COMBINES, f"combine must be one of {', '.join(COMBINES)}, got {self.combine!r}")
 
 
 def member_dir(run_dir: str | Path, index: int) -> Path:
