@@ -7,6 +7,7 @@ from typing import Any
 
 from makemore.cli.common import Parser
 from makemore.models.mix import MixConfig
+from makemore.models.mix_weights import COMBINES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--combine",
-        choices=("linear", "log-linear", "best"),
+        choices=(*COMBINES, "best"),
         default="linear",
         help="how the members' distributions combine; best: both fitted, the lower val NLL kept (default: linear)",
     )
