@@ -17,6 +17,7 @@ from helpers import run_cli
 
 import makemore
 from makemore.api import mix_runs, train
+from makemore.jobs.knn import build_knn
 from makemore.models import MODELS
 
 # tiny settings: a few steps each (the export must reproduce whatever the weights are, trained or not); the
@@ -36,6 +37,7 @@ MIXES = {
     "mix-neural": ["bigram", "mlp", "transformer"],
     "mix-recurrent": ["gru", "lstm", "rnn-relu"],  # ONNX: every member's state in the mix's step function
     "mix-log-linear": ["gru", "lstm", "rnn-relu"],  # softmax(sum_i w_i log p_i)
+    "mix-knn": ["ngram", "knn", "lstm"],  # a member with a memory (what --model auto makes)
 }
 # the settings that change what a sampler computes: no biases and tied weights, other norms and activations
 VARIANTS = {
@@ -47,6 +49,7 @@ VARIANTS = {
     "ngram-addk": ("ngram", {"order": 3, "smoothing": "add-k"}),
 }
 FAMILIES = [name for name in MODELS if name != "mix"] + list(MIXES)
+MEMORY_OF = "gru"  # the knn run: this tiny run with a memory of its training states
 LONG = "elizabethabigailvictoria"  # longer than every context: sliding windows, long recurrences
 # labelled runs of every family and label mode (a label's vectors start random: the labels matter untrained)
 LABELLED = {
@@ -73,6 +76,9 @@ def tiny_run(root: Path, name: str) -> Path:
             out,
             combine="log-linear" if "log-linear" in name else "linear",
         )
+        return out
+    if name == "knn":
+        build_knn(tiny_run(root, MEMORY_OF), out, dim=4, k=8)
         return out
     data = root / "names.txt"
     if not data.exists():
@@ -118,7 +124,7 @@ def test_every_registry_model_is_covered():
     from makemore.export import FAMILIES as EXPORTED
     from makemore.export.onnx_graphs import STEPS
 
-    assert set(TINY) | {"mix"} == set(MODELS) == set(EXPORTED) == set(STEPS) | {"ngram"}
+    assert set(TINY) | {"mix", "knn"} == set(MODELS) == set(EXPORTED) == set(STEPS) | {"ngram", "knn"}
 
 
 @pytest.mark.parametrize("name", FAMILIES + list(VARIANTS))
@@ -369,6 +375,14 @@ def test_onnx_says_in_one_line_what_it_cannot_carry(name, make, runs, tmp_path, 
     code, _, stderr = run_cli(capsys, "export", make(runs, name), "--format", "onnx", "--out", tmp_path / "o")
     assert code == 2
     assert stderr.count("\n") == 1 and "ONNX cannot carry the ngram model" in stderr
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("name", ["knn", "mix-knn"])
+def test_onnx_says_it_cannot_carry_a_memory(name, runs, tmp_path, capsys):
+    code, _, stderr = run_cli(capsys, "export", tiny_run(runs, name), "--format", "onnx", "--out", tmp_path / "o")
+    assert code == 2
+    assert stderr.count("\n") == 1 and "cannot carry the" in stderr
     assert not (tmp_path / "o").exists()
 
 

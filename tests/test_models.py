@@ -36,6 +36,7 @@ TINY: dict[str, dict[str, Any] | Callable[[int], LanguageModel]] = {
     "lstm": {"n_embd": 8, "n_hidden": 16, "n_layer": 2, "dropout": 0.1},
     "transformer": {"block_size": 6, "n_layer": 2, "n_head": 2, "n_embd": 16, "dropout": 0.1},
     "mix": lambda vocab_size: tiny_mix(vocab_size),
+    "knn": lambda vocab_size: tiny_knn(vocab_size),
 }
 
 NAMES = (
@@ -64,6 +65,15 @@ def tiny_mix(vocab_size: int) -> LanguageModel:
     counts.fit(split())
     neural = build_model("bigram", MODELS["bigram"].config_class(), vocab_size)
     return Mix(MixConfig(n_members=2), vocab_size, [counts, neural])
+
+
+def tiny_knn(vocab_size: int) -> LanguageModel:
+    """A tiny GRU with an empty memory: its fit (train_steps) remembers the GRU's states on the training names and
+    chooses the neighbours' settings on held_out()."""
+    from makemore.models.knn import KNNLM, KNNConfig
+
+    gru = build_model("gru", MODELS["gru"].config_class(n_embd=8, n_hidden=16, n_layer=1), vocab_size)
+    return KNNLM(KNNConfig(dim=6, k=8), vocab_size, [gru])
 
 
 def split() -> LineSplit:
@@ -167,6 +177,8 @@ def test_training_lowers_the_loss(name):
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_save_load_gives_identical_logits(name):
+    if name == "knn":
+        pytest.skip("a memory's size comes from its fit: saved and loaded through its run directory in test_knn.py")
     model = make(name)
     train_steps(model, steps=5)
     model.eval()

@@ -16,6 +16,7 @@ from makemore.cli.datasets import cmd_datasets
 from makemore.cli.export import cmd_export
 from makemore.cli.generate import cmd_eval, cmd_sample, cmd_score
 from makemore.cli.info import cmd_info
+from makemore.cli.knn import cmd_knn
 from makemore.cli.lr_find import cmd_lr_find
 from makemore.cli.serve import cmd_serve
 from makemore.cli.train import cmd_train
@@ -34,6 +35,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "export": (cmd_export, "a run as files that need no PyTorch: numpy, onnx or one html page"),
     "export-embeddings": (plot_cli.cmd_export_embeddings, "write a run's character embeddings as CSV or .npy"),
     "mix": (mix_cli.cmd_mix, "interpolate trained runs, weights fitted on val (a new run)"),
+    "knn": (cmd_knn, "give a trained network a memory of its training data (kNN-LM, a new run)"),
     "classify": (cmd_classify, "the most probable label of items under a labelled run (p(label | item))"),
     "serve": (cmd_serve, "a local web page and JSON API: generate, score, train, inspect, compare"),
 }

@@ -118,6 +118,10 @@ def _auto_rows(auto: dict[str, Any]) -> list[tuple[str, str]]:
         value = f"{member['name']:<14} val {member['val_nll']:.4f}  weight {weight:.3f}  {member['elapsed']:.0f} s"
         value += note
         rows.append(("members" if i == 0 else "", value))
+    for member in auto.get("replaced", []):  # a recurrent member mixed as its memory (NAME-knn)
+        mixed = f"mixed as {member['name']}-knn"
+        value = f"{member['name']:<14} val {member['val_nll']:.4f}  {mixed}  {member['elapsed']:.0f} s"
+        rows.append(("", value))
     return rows
 
 

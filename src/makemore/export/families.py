@@ -41,6 +41,11 @@ def _ngram_arrays(model: LanguageModel) -> dict[str, np.ndarray]:
     return {name: getattr(model, name).detach().cpu().numpy() for name in names}
 
 
+def _memory_arrays(model: LanguageModel) -> dict[str, np.ndarray]:
+    # the memory; the network's weights come with its member entry (describe)
+    return {name: getattr(model, name).detach().cpu().numpy() for name in ("mean", "axes", "keys", "counts")}
+
+
 def _none(model: LanguageModel) -> dict[str, Any]:
     return {}
 
@@ -55,6 +60,7 @@ def _cell(name: str) -> Callable[[LanguageModel], dict[str, Any]]:
 
 
 NGRAM_ONNX = "ONNX cannot carry the ngram model (its step is a binary search in sparse count tables); use numpy or html"
+KNN_ONNX = "ONNX cannot carry the knn model (its step is a nearest-neighbour search in its memory); use numpy or html"
 FAMILIES: dict[str, Family] = {
     "ngram": Family("ngram", lambda m: {"order": m.order, "vocab_size": m.vocab_size}, _ngram_arrays, onnx=NGRAM_ONNX),
     "bigram": Family("bigram", _none, _state_arrays),
@@ -65,6 +71,7 @@ FAMILIES: dict[str, Family] = {
     "lstm": Family("recurrent", _cell("lstm"), _state_arrays),
     "transformer": Family("transformer", _none, _state_arrays),
     "mix": Family("mix", _none, _state_arrays),  # members are described recursively (describe)
+    "knn": Family("knn", _none, _memory_arrays, onnx=KNN_ONNX),  # its network: members[0]
 }
 LABELLED_NGRAM = Family("labelled_ngram", _none, _none, onnx=NGRAM_ONNX)  # weights: lambda_k
 NAMES = {spec.model_class: name for name, spec in MODELS.items()} | {LabelledNGram: "ngram"}
@@ -84,15 +91,16 @@ def describe(model: LanguageModel) -> tuple[dict[str, Any], dict[str, np.ndarray
     family, members = FAMILIES[name], []
     if isinstance(model, LabelledNGram):  # its shared model, then each label's
         family, members = LABELLED_NGRAM, [model.shared, *model.per_label]
-    elif name == "mix":
+    elif name in ("mix", "knn"):
         members = list(model.members)
     spec = {"family": family.family, "model": name, "config": asdict(model.config), **family.settings(model)}
     if model.n_labels:
         spec.update(n_labels=model.n_labels, label_mode=model.label_mode)
     arrays = family.arrays(model)
     if members:
-        arrays = {"weights": arrays["weights"]} if name == "mix" else {}
-        spec["weights"] = [float(w) for w in (model.weights if name == "mix" else model.label_weights).tolist()]
+        arrays = {"weights": arrays["weights"]} if name == "mix" else arrays if name == "knn" else {}
+        if name != "knn":
+            spec["weights"] = [float(w) for w in (model.weights if name == "mix" else model.label_weights).tolist()]
         spec["members"] = []
         for i, member in enumerate(members):
             member_spec, member_arrays = describe(member)

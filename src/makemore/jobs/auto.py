@@ -3,6 +3,8 @@
     OUT/auto.json          the plan and which members are finished (rewritten atomically after each)
     OUT/parts/1-ngram/     the Kneser-Ney n-gram: a normal run, fitted first
     OUT/parts/2-gru/ ...   the neural members: normal runs, trained one after another
+    OUT/parts/2-gru-knn/   a recurrent member with a memory of its training states (`makemore knn`), built once
+                           the members are trained, and mixed in the member's place (small data only: auto_plan)
     OUT/splits/            labelled data: the n-gram's split as label<TAB>item files (members with another seed)
     OUT/run.json, ...      a mix of the members finished so far (weights fitted on val): after the n-gram
                            it is usable at once, and it is re-fitted as each member finishes
@@ -31,6 +33,7 @@ from makemore.errors import MakemoreError
 from makemore.generation.classify import conditioned
 from makemore.generation.sample import DecodeOptions
 from makemore.generation.stream import stream_text
+from makemore.jobs import knn as knn_job
 from makemore.jobs import mix as mix_job
 from makemore.jobs.auto_parallel import run_side_by_side, wait_for_exit
 from makemore.jobs.auto_plan import (
@@ -41,7 +44,6 @@ from makemore.jobs.auto_plan import (
     describe_plan,
     make_plan,
     member_budget,
-    mix_reserve,
 )
 from makemore.jobs.train_data import DataOptions, load_data
 from makemore.jobs.train_results import STREAM_SAMPLE_CHARS, draw_items, status
@@ -133,7 +135,15 @@ class AutoJob:
         return self.out / PARTS_DIR / name
 
     def names(self) -> list[str]:
-        return [NGRAM_MEMBER] + [member.name for member in self.plan.members]
+        """Every part of the plan: the n-gram, the members, the memories."""
+        memories = [memory_name(member.name) for member in self.plan.remembered()]
+        return [NGRAM_MEMBER] + [member.name for member in self.plan.members] + memories
+
+    def mixed_names(self) -> list[str]:
+        """The parts the mix is made of: a member with a memory is mixed as its memory."""
+        done = self.state["done"]
+        names = [memory_name(m.name) if memory_name(m.name) in done else m.name for m in self.plan.members]
+        return [NGRAM_MEMBER] + names
 
     def run(self, deadline: float | None) -> dict[str, Any]:
         """Train what is not done yet: the n-gram, then the neural members in waves of `plan.slots` side by side.
@@ -171,9 +181,35 @@ class AutoJob:
                 self.remix()  # once a wave (a member, or members side by side) ends
             if stopped:
                 return {"interrupted": True, "step": 0}
+        if self.remember():
+            return {"interrupted": True, "step": 0}
         if not self.mixed:  # resumed after the last member finished: the mix is fitted again (seconds)
             self.remix()
         return {"interrupted": False}
+
+    def remember(self) -> bool:
+        """Give each finished recurrent member of the plan a memory of its training states (a new run beside it),
+        then mix again. Returns whether a stop request ended it (a memory half built is built again on resume)."""
+        done, built = self.state["done"], False
+        for member in self.plan.remembered():
+            name = memory_name(member.name)
+            if member.name not in done or name in done:
+                continue
+            if self.should_stop is not None and self.should_stop():
+                return True
+            started = time.monotonic()
+            result = knn_job.build_knn(self.member_dir(member.name), self.member_dir(name), force=True)
+            elapsed = time.monotonic() - started
+            done[name] = {"model": "knn", "val_nll": result["val_nll"], "elapsed": elapsed}
+            self.info(
+                f"  {name}: val {result['val_nll']:.4f} ({member.name} alone {result['net_val_nll']:.4f}; "
+                f"temperature {result['temperature']:g}, lam {result['lam']:g}) after {elapsed:.0f} s{self.time_left()}"
+            )
+            self.save_state()
+            built = True
+        if built:
+            self.remix()
+        return False
 
     def started_members(self, pids: dict[str, int]) -> None:
         """Side-by-side members' process ids, kept in auto.json until they end (see wait_for_earlier_members)."""
@@ -198,7 +234,7 @@ class AutoJob:
         the planned seconds."""
         if deadline is None:
             return None
-        reserve = mix_reserve(self.plan.summary, self.plan.budget)
+        reserve = self.plan.end_reserve()
         remaining = deadline - time.monotonic() - reserve - waves_left * RESERVE_SECONDS
         return round(max(member_budget(remaining / waves_left), 10.0), 1)
 
@@ -276,7 +312,7 @@ class AutoJob:
 
     def remix(self) -> dict[str, Any]:
         """Write the mix of the finished members into OUT (a usable run after each member)."""
-        done = [name for name in self.names() if name in self.state["done"]]
+        done = [name for name in self.mixed_names() if name in self.state["done"]]
         runs = [self.member_dir(name) for name in done]
         # both ways of mixing, the better on val kept (names in 30 minutes: linear 1.8682, log-linear 1.8659)
         result = mix_job.mix_runs(runs, self.out, force=True, min_runs=1, combine="best")
@@ -292,13 +328,22 @@ class AutoJob:
             self.state["done"][name]["weight"] = weights[name]
         self.save_state()
         spec_json = ckpt.read_json(self.out / ckpt.RUN_FILE)
+        replaced = [name for name in self.names() if name in self.state["done"] and name not in done]
+        for name in replaced:
+            self.state["done"][name].pop("weight", None)
+        self.save_state()
         spec_json["data"]["auto"] = {
             "budget": self.plan.budget,
             "members": [{"name": name, **self.state["done"][name]} for name in done],
+            "replaced": [{"name": name, **self.state["done"][name]} for name in replaced],  # mixed as their memory
             "planned": self.names(),
         }
         ckpt.write_json(self.out / ckpt.RUN_FILE, spec_json)
         return result
+
+
+def memory_name(member: str) -> str:
+    return f"{member}-knn"
 
 
 def _run_val(run_dir: Path) -> float | None:

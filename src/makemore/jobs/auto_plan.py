@@ -82,6 +82,31 @@ def mix_reserve(summary: DataSummary, budget: float) -> float:
     return min(5.0 + 2e-5 * summary.train_tokens, 0.1 * budget)
 
 
+# A memory of a recurrent member's training states (models/knn.py, `makemore knn`) once the members are trained: each
+# is read on val at every distinct state of train, so its cost grows with train x val (the product below). Names
+# (182k training tokens, 22k val): ~12 s to build, a few seconds in each later mix. E-mail addresses (581k, 73k):
+# ~3 min a val pass on 2 cores, most of a 10-minute budget, so data that size gets none.
+MEMORY_FAMILIES = ("rnn", "gru", "lstm")
+MEMORY_CELLS = 1e10  # training tokens x val tokens (val estimated as train / 8) at most
+MEMORY_SECONDS = (4.0, 2.5e-9)  # per memory: fixed seconds, and seconds per cell (its build and its mixes)
+
+
+def memory_cells(summary: DataSummary) -> float:
+    return summary.train_tokens * summary.train_tokens / 8
+
+
+def gets_memories(summary: DataSummary) -> bool:
+    """Whether the plan's recurrent members get a memory of their training states: line mode, no labels, and data
+    small enough for its val pass (MEMORY_CELLS)."""
+    return summary.mode == "line" and not summary.labels and memory_cells(summary) <= MEMORY_CELLS
+
+
+def memory_reserve(summary: DataSummary, members: int) -> float:
+    """Seconds kept at the end for the memories of `members` recurrent members."""
+    fixed, per_cell = MEMORY_SECONDS
+    return members * (fixed + per_cell * memory_cells(summary)) if gets_memories(summary) else 0.0
+
+
 def ngram_reserve(summary: DataSummary) -> float:
     """Seconds for the Kneser-Ney fit with its order chosen on val (names 182k tokens: 2-3 s; surnames 550k: 16 s
     on a busy machine)."""
@@ -124,6 +149,7 @@ class Plan:
     members: list[Member]
     notes: list[str]
     slots: int = 1  # members trained side by side (one process and one thread each)
+    memories: bool = False  # the recurrent members get a memory of their training states at the end
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -133,13 +159,23 @@ class Plan:
             "members": [asdict(member) for member in self.members],
             "notes": self.notes,
             "slots": self.slots,
+            "memories": self.memories,
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Plan:
         members = [Member(**member) for member in data["members"]]
         summary = DataSummary(**data["summary"])
-        return cls(data["budget"], data["device"], summary, members, list(data["notes"]), int(data.get("slots", 1)))
+        slots, memories = int(data.get("slots", 1)), bool(data.get("memories", False))
+        return cls(data["budget"], data["device"], summary, members, list(data["notes"]), slots, memories)
+
+    def remembered(self) -> list[Member]:
+        """The members that get a memory once trained."""
+        return [member for member in self.members if member.model in MEMORY_FAMILIES] if self.memories else []
+
+    def end_reserve(self) -> float:
+        """Seconds kept after the last wave: the memories and the mix."""
+        return memory_reserve(self.summary, len(self.remembered())) + mix_reserve(self.summary, self.budget)
 
 
 def passes(summary: DataSummary, seconds: float, device: str) -> float:
@@ -240,6 +276,9 @@ def make_plan(summary: DataSummary, budget: float, device: str = "cpu", cores: i
     slots = side_by_side(summary, device, cores)
     useful = MEMBER_PASSES * summary.train_tokens / THROUGHPUT.get(device, THROUGHPUT["cpu"])
     count, waves = member_layout(max(available, 0.0), slots, summary.prose, useful)
+    if count:  # the memories' time, for the families this share would plan
+        families = family_order(summary, (available - waves * RESERVE_SECONDS) / waves, device)[:count]
+        available -= memory_reserve(summary, sum(model in MEMORY_FAMILIES for model in families))
     while count and slots == 1 and (available - count * RESERVE_SECONDS) / count < MIN_MEMBER_SECONDS:
         count, waves = count - 1, waves - 1
     if count == 0:
@@ -258,7 +297,10 @@ def make_plan(summary: DataSummary, budget: float, device: str = "cpu", cores: i
     kind = "prose or long items" if summary.prose else "short items"
     how = f"{slots} side by side" if slots > 1 else "one after another"
     notes.append(f"{kind}: {', '.join(m.model for m in members)}, ~{share:.0f} s each, {how}; then a mix on val")
-    return Plan(budget, device, summary, members, notes, slots)
+    memories = gets_memories(summary) and any(member.model in MEMORY_FAMILIES for member in members)
+    if memories:
+        notes.append("each recurrent member then gets a memory of its training states (kNN-LM), mixed in its place")
+    return Plan(budget, device, summary, members, notes, slots, memories)
 
 
 def describe_plan(plan: Plan) -> list[str]:
@@ -277,5 +319,7 @@ def describe_plan(plan: Plan) -> list[str]:
         lines.append(f"  {member.name}: {member.seconds:.0f} s ({shown}) — {member.why}")
     if plan.slots > 1:
         lines.append(f"  {plan.slots} at a time, side by side (one process and one core each)")
+    for member in plan.remembered():
+        lines.append(f"  {member.name}-knn: {member.name} with a memory of its training states, settings chosen on val")
     lines.append("  then: a mix of all of them fitted on val, linear or log-linear" if plan.members else "  (no mix)")
     return lines

@@ -9,6 +9,7 @@ from typing import Any
 from makemore.limits import allocation_budget
 from makemore.models.base import LanguageModel
 from makemore.models.bigram import Bigram, BigramConfig
+from makemore.models.knn import KNNLM, KNNConfig
 from makemore.models.mix import Mix, MixConfig
 from makemore.models.mlp import MLP, MLPConfig
 from makemore.models.ngram import NGram, NGramConfig
@@ -143,6 +144,13 @@ MODELS: dict[str, ModelSpec] = {
         "Jelinek & Mercer 1980 / Klakow 1998: linear or log-linear interpolation of trained runs, weights fitted "
         "on val (makemore mix)",
         made_by="makemore mix RUN [RUN...] --out RUN_MIX",
+    ),
+    "knn": ModelSpec(
+        KNNConfig,
+        KNNLM,
+        "Khandelwal et al. 2020: a trained network plus the nearest of its training states (a kNN-LM), "
+        "interpolated; settings chosen on val (makemore knn)",
+        made_by="makemore knn RUN --out RUN_KNN",
     ),
 }
 DEFAULT_MODEL = "mlp"

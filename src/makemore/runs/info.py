@@ -70,6 +70,10 @@ def describe_run(run_dir: str | Path) -> dict[str, Any]:
         info["mix"] = spec.data["mix"]
         if info["best_val_loss"] is None and isinstance(info["mix"].get("val_nll"), float):
             info["best_val_loss"] = info["mix"]["val_nll"]  # a mix logs nothing: its fit recorded the val loss
+    if isinstance(spec.data.get("knn"), dict):
+        info["knn"] = spec.data["knn"]
+        if info["best_val_loss"] is None and isinstance(info["knn"].get("val_nll"), float):
+            info["best_val_loss"] = info["knn"]["val_nll"]  # a knn run logs nothing either
     return info
 
 

@@ -176,7 +176,7 @@ const FAMILIES = {
       const h0 = w[name].data.slice(i * H, (i + 1) * H);
       return label == null || spec.label_mode !== "state" ? h0 : h0.map((a, j) => a + w[`label_${name}.table.weight`].data[(label * c.n_layer + i) * H + j]);
     });
-    return {
+    const net = {
       init: (label = null) => ({ h: initial("h0", label), c: lstm ? initial("c0", label) : null }),
       step(t, s, label) {
         let x = row(w["wte.weight"], t);
@@ -207,9 +207,11 @@ const FAMILIES = {
           hs.push(y);
           x = y;
         }
+        net.read = x;  // what the output layer reads (a knn model's query)
         return [linear(w["lm_head.weight"], w["lm_head.bias"], x), { h: hs, c: lstm ? cs : null }];
       },
     };
+    return net;
   },
   transformer(spec, w) {
     const c = spec.config, C = c.n_embd, nh = c.n_head, hs = C / nh;
@@ -315,6 +317,41 @@ const FAMILIES = {
           return top + Math.log(terms.reduce((a, x) => a + Math.exp(x[j] - top), 0));
         });
         return [logits, outs.map((o) => o[1])];
+      },
+    };
+  },
+  knn(spec, w) {  // a recurrent network plus the nearest of its training states: lam p_knn + (1 - lam) p_net
+    const c = spec.config, net = build(spec.members[0], w, "members.0."), keys = w.keys.data, counts = w.counts.data;
+    const [N, D] = w.keys.shape, V = w.counts.shape[1], H = w.mean.shape[0];
+    const norms = new Float64Array(N);
+    for (let j = 0; j < N; j++) for (let e = 0; e < D; e++) norms[j] += keys[j * D + e] * keys[j * D + e];
+    return {
+      init: (label = null) => net.init(label),
+      step(t, s, label) {
+        const [logits, state] = net.step(t, s, label);
+        if (c.lam === 0 || N === 0) return [logSoftmax(logits), state];
+        const q = new Float64Array(D);
+        for (let i = 0; i < H; i++) {
+          const a = net.read[i] - w.mean.data[i];
+          for (let e = 0; e < D; e++) q[e] += a * w.axes.data[i * D + e];
+        }
+        const k = Math.min(c.k, N), near = [];  // the k nearest [distance, index], sorted (insertion: k is small)
+        for (let j = 0; j < N; j++) {
+          let dot = 0;
+          for (let e = 0; e < D; e++) dot += q[e] * keys[j * D + e];
+          const d = norms[j] - 2 * dot;  // + |q|^2, which cancels below
+          if (near.length === k && d >= near[k - 1][0]) continue;
+          let at = near.length === k ? k - 1 : near.length;
+          while (at > 0 && near[at - 1][0] > d) { near[at] = near[at - 1]; at--; }
+          near[at] = [d, j];
+        }
+        const mass = new Float64Array(V);
+        for (const [d, j] of near) {
+          const weight = Math.exp(-(d - near[0][0]) / c.temperature);
+          for (let v = 0; v < V; v++) mass[v] += weight * counts[j * V + v];
+        }
+        const total = mass.reduce((a, b) => a + b, 0), p = logSoftmax(logits).map(Math.exp);
+        return [p.map((pv, v) => Math.log(c.lam * mass[v] / total + (1 - c.lam) * pv)), state];
       },
     };
   },

@@ -230,6 +230,7 @@ class Recurrent:
                 x = np.tanh(gi + gh)
             hs.append(x)
         new = [np.stack(hs, axis=1)] + ([np.stack(cs, axis=1)] if self.lstm else [])
+        self.read = x  # what the output layer reads (a knn model's query)
         return x @ w["lm_head.weight"].T + w["lm_head.bias"], new
 
 
@@ -376,6 +377,36 @@ class Mix:
         return logsumexp(np.stack(terms), axis=0), [o[1] for o in outs]
 
 
+class KNN:
+    """A recurrent network plus a memory of its training states (kNN-LM): lam p_knn + (1 - lam) p_net, p_knn from the
+    k nearest distinct states (squared distance d_j), sum_j exp(-d_j / T) counts_j / sum_j exp(-d_j / T) n_j."""
+
+    def __init__(self, spec, w):
+        c = spec["config"]
+        self.net = build(spec["members"][0], w, "members.0.")
+        self.k, self.temperature, self.lam = c["k"], c["temperature"], c["lam"]
+        self.mean, self.axes, self.counts = w["mean"], w["axes"], w["counts"].astype(np.float64)
+        self.keys = w["keys"].astype(np.float32)  # (N, D)
+        self.norms = (self.keys * self.keys).sum(1)
+
+    def init(self, batch, labels=None):
+        return self.net.init(batch, labels)
+
+    def step(self, ids, state, labels=None):
+        logits, state = self.net.step(ids, state, labels)
+        if self.lam == 0 or not len(self.keys):
+            return log_softmax(logits), state
+        q = ((self.net.read - self.mean) @ self.axes).astype(np.float32)  # (B, D)
+        d = self.norms[None, :] - 2 * (q @ self.keys.T)  # (B, N): |q|^2 cancels below
+        k = min(self.k, d.shape[1])
+        near = np.argpartition(d, k - 1, axis=1)[:, :k]  # (B, k)
+        dist = np.take_along_axis(d, near, axis=1).astype(np.float64)
+        weights = np.exp(-(dist - dist.min(1, keepdims=True)) / self.temperature)
+        mass = (weights[:, :, None] * self.counts[near]).sum(1)  # (B, V)
+        p = self.lam * mass / mass.sum(1, keepdims=True) + (1 - self.lam) * np.exp(log_softmax(logits))
+        return np.log(p), state
+
+
 class Conditioned:
     """A labelled net under label weights (K,): one label; a blend (the labels' next-character distributions mixed at
     every step, as `makemore sample --label a=0.7,b=0.3`); or, posterior, the prior updated by Bayes' rule as the
@@ -404,7 +435,7 @@ class Conditioned:
 
 
 FAMILIES = {"bigram": Bigram, "mlp": MLP, "wavenet": WaveNet, "recurrent": Recurrent, "transformer": Transformer,
-            "ngram": NGram, "labelled_ngram": LabelledNGram, "mix": Mix}  # fmt: skip
+            "ngram": NGram, "labelled_ngram": LabelledNGram, "mix": Mix, "knn": KNN}  # fmt: skip
 
 
 def build(spec, arrays, prefix=""):

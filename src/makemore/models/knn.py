@@ -1,0 +1,254 @@
+"""A trained network plus a memory of its training data (Khandelwal et al. 2020, "Generalization through
+Memorization: Nearest Neighbor Language Models"):
+
+    p(w | h) = lam * p_knn(w | h) + (1 - lam) * p_net(w | h),
+    p_knn(w | h) = sum_j exp(-d_j / T) c_j(w) / sum_j exp(-d_j / T) n_j over the k stored states j nearest to h's
+                   (squared distance d_j), c_j(w) being how often w followed state j in train, n_j how often j came.
+
+The keys are the network's states before its output layer (what its lm_head reads) at the training positions,
+projected onto their top `dim` principal axes and stored in float16, each distinct state once with the counts of the
+characters that followed it. Storing each state once makes the neighbours well defined: every name's first state is
+the same, and k of its 25,000 copies would be an arbitrary pick among equals.
+Where the data is large for the time the network had, it is still learning when its time ends, and its memory of
+what followed similar states makes up much of the difference (e-mail addresses, 10 minutes: the GRU 1.157 alone,
+1.101 with its memory). `makemore knn RUN` builds one from a trained run (jobs/knn.py); `--model auto` adds one.
+
+Its run directory holds the network's run.json under members/0/ (as a mix does) and one model.safetensors with the
+network's weights and the memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from makemore.config import check, field
+from makemore.data.lines import IGNORE
+from makemore.models.base import LanguageModel, sequence_nll
+from makemore.models.rnn import GRU, GRUConfig, Recurrent
+
+QUERY_CELLS = 1 << 22  # distances computed at once (queries x keys): ~16 MB of float32
+QUERY_PART = 2048  # queries whose neighbours' counts are read at once
+TEMPERATURES = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0)  # chosen on val with the weight: the distances' scale varies
+LAMS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+@dataclass
+class KNNConfig:
+    n_keys: int = field(0, "distinct training states in the memory (set by `makemore knn`)")
+    n_state: int = field(0, "size of the network's state before its output layer (set by `makemore knn`)")
+    dim: int = field(64, "the states' principal axes kept in the memory")
+    k: int = field(64, "neighbours read per prediction")
+    temperature: float = field(10.0, "softmax temperature over the neighbours' squared distances")
+    lam: float = field(0.5, "weight of the neighbours' distribution against the network's")
+
+    def __post_init__(self):
+        check(0 <= self.n_keys <= 1 << 24, f"n_keys must be in [0, 2^24], got {self.n_keys}")
+        check(0 <= self.n_state <= 65536, f"n_state must be in [0, 65536], got {self.n_state}")
+        check(1 <= self.dim <= 4096, f"--dim must be in [1, 4096], got {self.dim}")
+        check(1 <= self.k <= 1024, f"--k must be in [1, 1024], got {self.k}")
+        check(self.temperature > 0, f"--temperature must be > 0, got {self.temperature}")
+        check(0 <= self.lam <= 1, f"--lam must be in [0, 1], got {self.lam}")
+
+
+class KNNLM(LanguageModel):
+    """The network (its one member) and its memory; every prediction is the interpolation above. Without a member
+    (what the registry builds from a config alone) the network is an untrained GRU of the registry's size, and the
+    memory empty until `fit`: a knn run is made from a trained run (`makemore knn`) and loads from its directory."""
+
+    trainable = False
+
+    def __init__(self, config: KNNConfig, vocab_size: int, members: list[LanguageModel] | None = None):
+        super().__init__(config, vocab_size)
+        members = list(members or [GRU(GRUConfig(), vocab_size)])
+        if len(members) != 1:
+            raise ValueError(f"a knn model has one network, not {len(members)}")
+        self.members = nn.ModuleList(members)  # the name a mix uses: describe() and exports read members
+        if not isinstance(self.net, Recurrent) or self.net.n_labels:
+            name = type(self.net).__name__
+            raise ValueError(f"a memory is built for unlabelled rnn, gru and lstm models, not {name}")
+        c = config
+        self.register_buffer("mean", torch.zeros(c.n_state))  # (H,) the states' mean
+        self.register_buffer("axes", torch.zeros(c.n_state, c.dim))  # (H, D) their principal axes
+        self.register_buffer("keys", torch.zeros(c.n_keys, c.dim, dtype=torch.float16))  # (N, D)
+        self.register_buffer("counts", torch.zeros(c.n_keys, vocab_size))  # (N, V) what followed each state
+        self._states: list[torch.Tensor] = []
+        self.net.lm_head.register_forward_hook(lambda module, inputs, output: self._states.append(inputs[0]))
+
+    @classmethod
+    def from_members(cls, config: KNNConfig, vocab_size: int, load_member: Any) -> KNNLM:
+        return cls(config, vocab_size, [load_member(0)])
+
+    @property
+    def net(self) -> LanguageModel:
+        return self.members[0]
+
+    @property
+    def context_size(self) -> int | None:
+        return self.net.context_size
+
+    @property
+    def carries_state(self) -> bool:
+        return self.net.carries_state
+
+    def parameter_count(self) -> int:
+        return self.net.parameter_count()
+
+    # ---------------------------------------------------------------------------------------------- the memory
+    def project(self, states: torch.Tensor) -> torch.Tensor:
+        """States (..., H) -> their coordinates on the kept principal axes (..., D)."""
+        return (states.float() - self.mean) @ self.axes
+
+    def neighbours(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The k nearest keys of each query (n, D): squared distances up to a per-query constant (n, k) and indices
+        (n, k). The constant (|q|^2) cancels in the softmax over a query's neighbours."""
+        keys = self.keys.float()  # (N, D)
+        key_norms = (keys * keys).sum(1)  # (N,)
+        chunk = max(1, QUERY_CELLS // max(len(keys), 1))
+        distances, indices = [], []
+        for part in queries.split(chunk):
+            d = key_norms[None, :] - 2 * part @ keys.T  # (n, N)
+            dist, index = d.topk(min(k, len(keys)), dim=1, largest=False, sorted=True)
+            distances.append(dist)
+            indices.append(index)
+        return torch.cat(distances), torch.cat(indices)
+
+    def knn_probs(self, distances: torch.Tensor, indices: torch.Tensor, temperature: float) -> torch.Tensor:
+        """p_knn (n, V) from the neighbours' distances and indices (n, k)."""
+        d = distances.double()
+        weights = torch.exp(-(d - d[:, :1]) / temperature)  # (n, k); relative to the nearest: no underflow
+        counts = self.counts[indices].double()  # (n, k, V)
+        mass = (weights[:, :, None] * counts).sum(1)  # (n, V)
+        return mass / mass.sum(1, keepdim=True)
+
+    def interpolate(self, logits: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        """log(lam p_knn + (1 - lam) p_net) (..., V) from the network's logits (..., V) and states (..., H)."""
+        c = self.config
+        if c.lam == 0 or not c.n_keys:
+            return F.log_softmax(logits.float(), dim=-1)
+        shape = logits.shape
+        queries = self.project(states.reshape(-1, states.size(-1)))  # (n, D)
+        p_knn = torch.cat(  # (n, V), in parts: the neighbours' counts are (part, k, V)
+            [self.knn_probs(*self.neighbours(part, c.k), c.temperature) for part in queries.split(QUERY_PART)]
+        )
+        p_net = F.softmax(logits.reshape(-1, shape[-1]).double(), dim=-1)
+        return (c.lam * p_knn + (1 - c.lam) * p_net).log().float().view(shape)
+
+    def _net_call(self, call: Any) -> tuple[Any, torch.Tensor]:
+        """Run the network, returning what it returns and the states its lm_head read (..., H)."""
+        self._states.clear()
+        out = call()
+        if len(self._states) != 1:
+            raise RuntimeError(f"{type(self.net).__name__}: expected one lm_head call, got {len(self._states)}")
+        return out, self._states.pop()
+
+    # ----------------------------------------------------------------------------------------------- scoring
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        (logits, _), states = self._net_call(lambda: self.net(idx))  # (B, T, V), (B, T, H)
+        logits = self.interpolate(logits, states)
+        return logits, (sequence_nll(logits, targets) if targets is not None else None)
+
+    def forward_with_state(self, idx: torch.Tensor, targets: torch.Tensor | None = None, state: Any = None):
+        (logits, _, state), states = self._net_call(lambda: self.net.forward_with_state(idx, None, state))
+        logits = self.interpolate(logits, states)
+        return logits, (sequence_nll(logits, targets) if targets is not None else None), state
+
+    def init_state(self, batch_size: int) -> Any:
+        return self.net.init_state(batch_size)
+
+    def step(self, idx: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        (logits, state), states = self._net_call(lambda: self.net.step(idx, state))  # (B, V), (B, ..., H)
+        last = states.reshape(idx.size(0), -1, states.size(-1))[:, -1]  # (B, H): the state that predicted
+        return self.interpolate(logits, last), state
+
+    def reorder_state(self, state: Any, rows: torch.Tensor) -> Any:
+        return self.net.reorder_state(state, rows)
+
+    def make_label_layers(self, n_labels: int, mode: str) -> None:
+        raise ValueError("a knn model of a labelled run is not supported")
+
+    # ----------------------------------------------------------------------------------------------- fitting
+    @torch.no_grad()
+    def fit(self, split: Any, val: Any = None) -> None:
+        """Remember the network's states on `split` (train), then choose the neighbours' temperature and weight
+        on `val` (without val: the config's). Sets n_keys, n_state and the memory's buffers."""
+        states, values = read_states(self.net, split)  # (N, H), (N,)
+        c = self.config
+        c.n_state, c.dim = states.size(1), min(c.dim, states.size(1))
+        self.mean, self.axes = principal_axes(states, c.dim)
+        keys = self.project(states).half() + 0  # + 0: -0.0 becomes 0.0, one key
+        self.keys, self.counts = distinct_states(keys, values, self.vocab_size)
+        c.n_keys = len(self.keys)
+        if val is not None and len(val):
+            c.temperature, c.lam = choose_settings(self, val)["chosen"]
+
+
+@torch.no_grad()
+def read_states(net: LanguageModel, split: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """The states the network's lm_head reads at every real position of `split` (N, H), and the next tokens (N,)."""
+    captured: list[torch.Tensor] = []
+    hook = net.lm_head.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0]))
+    states, targets = [], []
+    try:
+        net.eval()
+        for x, y in split.eval_batches(1024):
+            captured.clear()
+            net(x)
+            real = y != IGNORE
+            states.append(captured[-1][real].float())
+            targets.append(y[real])
+    finally:
+        hook.remove()
+    return torch.cat(states), torch.cat(targets)
+
+
+def principal_axes(states: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The states' mean (H,) and their top `dim` principal axes (H, dim), each signed so that its largest entry is
+    positive (an eigenvector's sign is arbitrary; this makes the memory the same on every run)."""
+    mean = states.double().mean(0)
+    centred = states.double() - mean
+    covariance = centred.T @ centred / max(len(states) - 1, 1)  # (H, H)
+    _, vectors = torch.linalg.eigh(covariance)  # ascending eigenvalues
+    axes = vectors[:, -dim:].flip(1)  # (H, dim), the largest first
+    signs = torch.sign(axes.gather(0, axes.abs().argmax(0, keepdim=True)))
+    return mean.float(), (axes * signs).float()
+
+
+def distinct_states(keys: torch.Tensor, values: torch.Tensor, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each distinct key (float16 rows, N x D) once, in sorted order, with the counts of the values that followed
+    it (U, V)."""
+    unique, inverse = torch.unique(keys.view(torch.int16), dim=0, return_inverse=True)  # bit patterns: exact
+    counts = torch.zeros(len(unique), vocab_size)
+    counts.index_put_((inverse, values), torch.ones(len(values)), accumulate=True)
+    return unique.view(torch.float16), counts
+
+
+@torch.no_grad()
+def choose_settings(model: KNNLM, val: Any) -> dict[str, Any]:
+    """The (temperature, lam) of TEMPERATURES x LAMS with the lowest val NLL ("chosen"; lam 0: the network alone),
+    that NLL ("val_nll") and the network's ("net_val_nll"). The neighbours are found once."""
+    net = model.net
+    states, targets = read_states(net, val)
+    p_target = []
+    for x, y in val.eval_batches(1024):
+        p_target.append(F.softmax(net(x)[0].double(), dim=-1)[y != IGNORE].gather(1, y[y != IGNORE][:, None])[:, 0])
+    p_net = torch.cat(p_target)  # (n,) the network's probability of each val target
+    distances, indices = model.neighbours(model.project(states), model.config.k)
+    net_nll = -p_net.log().mean().item()
+    chosen, best = (TEMPERATURES[0], 0.0), net_nll
+    for temperature in TEMPERATURES:
+        p_knn = torch.cat(
+            [
+                model.knn_probs(d, i, temperature).gather(1, t[:, None])[:, 0]
+                for d, i, t in zip(distances.split(QUERY_PART), indices.split(QUERY_PART), targets.split(QUERY_PART))
+            ]
+        )
+        for lam in LAMS:
+            nll = -(lam * p_knn + (1 - lam) * p_net).log().mean().item()
+            if nll < best:
+                chosen, best = (temperature, lam), nll
+    return {"chosen": chosen, "val_nll": best, "net_val_nll": net_nll, "tokens": len(targets)}

@@ -1,0 +1,129 @@
+"""A network with a memory of its training states (models/knn.py, `makemore knn`): the neighbours' distribution,
+the settings chosen on val, the run directory, determinism and the refusals."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import NAMES
+from helpers import run_cli
+
+import makemore
+from makemore.api import train
+from makemore.data.lines import LineSplit, Vocab
+from makemore.models import MODELS, build_model
+from makemore.models.knn import KNNLM, KNNConfig, choose_settings, distinct_states
+
+VOCAB = Vocab.from_texts(NAMES)
+
+
+@pytest.fixture(scope="module")
+def gru_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("knn")
+    data = root / "names.txt"
+    data.write_text("\n".join(NAMES * 3) + "\n", encoding="utf-8")
+    out = root / "gru"
+    train(data, model="gru", out=out, samples=0, max_steps=60, n_embd=8, n_hidden=16, seed=3)
+    return out
+
+
+def tiny(lam: float = 0.5, temperature: float = 1.0) -> KNNLM:
+    torch.manual_seed(0)
+    gru = build_model("gru", MODELS["gru"].config_class(n_embd=8, n_hidden=16, n_layer=1), VOCAB.size)
+    model = KNNLM(KNNConfig(dim=4, k=3, lam=lam, temperature=temperature), VOCAB.size, [gru])
+    model.fit(LineSplit(NAMES, VOCAB))  # no val: the config's settings stay
+    return model.eval()
+
+
+def test_distinct_states_count_what_followed_each_state():
+    keys = torch.tensor([[1.0, 2.0], [0.5, 0.0], [1.0, 2.0], [1.0, 2.0]]).half()
+    unique, counts = distinct_states(keys, torch.tensor([3, 1, 3, 0]), 4)
+    assert unique.tolist() == [[0.5, 0.0], [1.0, 2.0]]  # sorted, each once
+    assert counts.tolist() == [[0, 1, 0, 0], [1, 0, 0, 2]]
+
+
+def test_the_prediction_is_the_interpolation_of_the_neighbours_and_the_network():
+    """Recomputed here by brute force: every distinct state's distance, the k nearest, softmax(-d / T) weights
+    times what followed them, mixed with the network's softmax."""
+    model = tiny(lam=0.4, temperature=2.0)
+    x, _ = LineSplit(["emma", "zoey"], VOCAB).rows(torch.arange(2))
+    with torch.no_grad():
+        got = model(x)[0]
+        captured = []
+        hook = model.net.lm_head.register_forward_hook(lambda m, i, o: captured.append(i[0]))
+        net_logits = model.net(x)[0]
+        hook.remove()
+    queries = model.project(captured[0]).reshape(-1, 4).double()
+    keys = model.keys.double()
+    for q, logits, out in zip(queries, net_logits.reshape(-1, VOCAB.size), got.reshape(-1, VOCAB.size)):
+        d = ((keys - q) ** 2).sum(1)
+        near = d.argsort()[:3]
+        w = torch.exp(-(d[near] - d[near].min()) / 2.0)
+        mass = (w[:, None] * model.counts[near].double()).sum(0)
+        want = 0.4 * mass / mass.sum() + 0.6 * torch.softmax(logits.double(), -1)
+        assert torch.allclose(out.double().exp(), want, atol=1e-5)
+
+
+def test_a_training_item_is_remembered():
+    """Every training name's states are in the memory: with the neighbours' weight near 1 and a small temperature,
+    the next character of a training prefix is what followed it in train."""
+    model = tiny(lam=0.99, temperature=1e-3)
+    forgetful = tiny(lam=0.0)
+    items = LineSplit(NAMES[:10], VOCAB)
+    x, y = items.rows(torch.arange(10))
+    with torch.no_grad():
+        assert model(x, y)[1].item() < 0.7 * forgetful(x, y)[1].item()
+
+
+def test_settings_are_chosen_on_val_and_never_worse_than_the_network():
+    model = tiny()
+    val = LineSplit(["amelia", "nora", "ella", "layla", "mia", "grace"], VOCAB)
+    chosen = choose_settings(model, val)
+    assert chosen["val_nll"] <= chosen["net_val_nll"]
+    model.config.temperature, model.config.lam = chosen["chosen"]
+    x, y = val.rows(torch.arange(len(val)))
+    with torch.no_grad():  # the model scores what the choice measured
+        nll = model(x, y)[1].item()
+    assert nll == pytest.approx(chosen["val_nll"], abs=1e-4)
+
+
+def test_knn_run_loads_samples_and_evaluates_as_fitted(gru_run, tmp_path, capsys):
+    code, stdout, _ = run_cli(capsys, "knn", gru_run, "--out", tmp_path / "knn", "--dim", "6", "--k", "8")
+    assert code == 0 and "distinct states" in stdout
+    run = makemore.load(tmp_path / "knn")
+    assert run.model_name == "knn" and len(run.generate(5, seed=1).items) == 5
+    code, stdout, _ = run_cli(capsys, "info", tmp_path / "knn")
+    assert code == 0 and "knn" in stdout
+    fitted = run.spec.data["knn"]
+    assert fitted["val_nll"] <= fitted["net_val_nll"]
+    code, stdout, _ = run_cli(capsys, "eval", tmp_path / "knn", "--split", "val", "--format", "json")
+    import json
+
+    assert json.loads(stdout)["val"]["nll"] == pytest.approx(fitted["val_nll"], abs=1e-4)
+    items = run.score(["emma", "zoey"])
+    assert all(math.isfinite(r["logprob"]) for r in items)
+
+
+def test_the_same_run_gives_the_same_memory(gru_run, tmp_path, capsys):
+    for name in ("a", "b"):
+        assert run_cli(capsys, "knn", gru_run, "--out", tmp_path / name)[0] == 0
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+
+
+def test_refusals_are_one_line(gru_run, tmp_path, capsys):
+    data = tmp_path / "names.txt"
+    data.write_text("\n".join(NAMES) + "\n", encoding="utf-8")
+    train(data, model="ngram", out=tmp_path / "ngram", samples=0)
+    cases = [
+        ([tmp_path / "ngram", "--out", tmp_path / "o1"], "rnn, gru and lstm"),
+        ([gru_run, "--out", tmp_path / "o2", "--k", "0"], "--k must be"),
+        ([tmp_path / "missing", "--out", tmp_path / "o3"], "missing"),
+        ([gru_run, "--out", gru_run], "one of the runs"),
+    ]
+    for argv, message in cases:
+        code, _, stderr = run_cli(capsys, "knn", *argv)
+        assert code == 2 and stderr.count("\n") == 1 and message in stderr, stderr
+    code, _, stderr = run_cli(capsys, "train", "-i", data, "--model", "knn", "-o", tmp_path / "o4")
+    assert code == 2 and "makemore knn" in stderr
