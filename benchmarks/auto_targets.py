@@ -76,7 +76,8 @@ def run_case(name: str, root: Path, held_out: Path | None = None) -> dict:
     wall = time.perf_counter() - started
     state = json.loads((out / "auto.json").read_text())
     members = {name: round(member["val_nll"], 4) for name, member in state["done"].items()}
-    weights = {name: round(member.get("weight", 0.0), 3) for name, member in state["done"].items()}
+    # a member mixed as its memory (NAME-knn) has no weight of its own
+    weights = {name: round(member["weight"], 3) for name, member in state["done"].items() if "weight" in member}
     kn = members["1-ngram"]
     held_out = nlls(out)
     val, test = held_out["val"], held_out.get("test")
