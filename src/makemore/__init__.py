@@ -6,7 +6,7 @@ run = makemore.load("runs/names-gru")                                  # a train
 run.sample(n=5, prefix="ja")
 """
 
-from makemore.api import Run, describe_run, load, mix_runs, train
+from makemore.api import Run, build_knn, describe_run, load, mix_runs, train
 
 __version__ = "0.1.0"
-__all__ = ["Run", "describe_run", "load", "mix_runs", "train", "__version__"]
+__all__ = ["Run", "build_knn", "describe_run", "load", "mix_runs", "train", "__version__"]

@@ -51,6 +51,7 @@ from makemore.generation.sample import DecodeOptions, decode, decode_smc
 from makemore.generation.scoring import score_items
 from makemore.generation.search import MAX_EXPANSIONS, beam_search, best_first_search
 from makemore.generation.stream import stream_text
+from makemore.jobs.knn import build_knn
 from makemore.jobs.mix import mix_runs
 from makemore.jobs.train import train
 from makemore.models import LanguageModel
@@ -487,4 +488,4 @@ def load(run: str | Path, device: str = "cpu") -> Run:
     return Run.load(run, device)
 
 
-__all__ = ["Run", "SampleResult", "describe_run", "load", "mix_runs", "train"]
+__all__ = ["Run", "SampleResult", "build_knn", "describe_run", "load", "mix_runs", "train"]

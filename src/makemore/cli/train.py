@@ -261,14 +261,16 @@ def cmd_train(argv: list[str]) -> int:
 def print_members(result: dict[str, Any]) -> None:
     """--model auto: each member's val NLL, mixture weight and time, then the whole command's time."""
     width = max(len(member["name"]) for member in result["members"])
+    names = {member["name"] for member in result["members"]}
+    mixed = [member for member in result["members"] if member["name"] + "-knn" not in names]
     for member in result["members"]:
-        weight = member.get("weight", 0.0)
-        note = "  (adds nothing: weight ~0)" if weight < 0.005 else ""
-        print(
-            f"  {member['name']:<{width}}  val {member['val_nll']:.4f}  weight {weight:.3f}  "
-            f"{member['elapsed']:.0f} s{note}"
-        )
-    print(f"mix of {len(result['members'])} in {result['elapsed']:.0f} s: {result['run_dir']}")
+        if member["name"] + "-knn" in names:  # a recurrent member mixed as its memory
+            how = f"mixed as {member['name']}-knn"
+        else:
+            weight = member.get("weight", 0.0)
+            how = f"weight {weight:.3f}" + ("  (adds nothing: weight ~0)" if weight < 0.005 else "")
+        print(f"  {member['name']:<{width}}  val {member['val_nll']:.4f}  {member['elapsed']:.0f} s  {how}")
+    print(f"mix of {len(mixed)} in {result['elapsed']:.0f} s: {result['run_dir']}")
 
 
 def print_result(result: dict[str, Any]) -> None:
