@@ -13,7 +13,6 @@ temperature and weight on val (lam 0 among them: a memory that does not help is 
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +20,8 @@ import torch
 
 from makemore.data.lines import LineSplit
 from makemore.errors import MakemoreError
-from makemore.jobs.mix import SPLITS, prepare_out
+from makemore.jobs.mix import SPLITS, copy_member_spec, prepare_out
 from makemore.models.knn import KNNLM, KNNConfig, choose_settings
-from makemore.models.mix import MEMBERS_DIR, member_dir
 from makemore.models.rnn import Recurrent
 from makemore.runs import checkpoint as ckpt
 
@@ -71,10 +69,7 @@ def _check_base(run: Path, spec: ckpt.RunSpec, net: Any) -> None:
 
 def _write(out: Path, run: Path, spec: ckpt.RunSpec, model: KNNLM, splits: dict, chosen: dict, force: bool) -> None:
     prepare_out(out, [run], force)
-    member_dir(out, 0).mkdir(parents=True, exist_ok=True)
-    ckpt.write_json(member_dir(out, 0) / ckpt.RUN_FILE, ckpt.read_json(run / ckpt.RUN_FILE))
-    if (run / MEMBERS_DIR).is_dir():
-        shutil.copytree(run / MEMBERS_DIR, member_dir(out, 0) / MEMBERS_DIR)
+    copy_member_spec(run, out, 0)
     ckpt.save_tensors(out / ckpt.WEIGHTS_FILE, model.state_dict())
     ckpt.write_split_items(out, splits)
     data = {key: value for key, value in spec.data.items() if key not in ("fitted", "auto", "mix")}

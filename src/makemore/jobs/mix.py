@@ -161,10 +161,7 @@ def _write_mix(
     mix.weights = weights.to(mix.weights.device)
     prepare_out(out, runs, force)
     for i, run in enumerate(runs):
-        member_dir(out, i).mkdir(parents=True, exist_ok=True)
-        ckpt.write_json(member_dir(out, i) / ckpt.RUN_FILE, ckpt.read_json(run / ckpt.RUN_FILE))
-        if (run / MEMBERS_DIR).is_dir():  # a member that is itself a mix brings its members' run.json files
-            shutil.copytree(run / MEMBERS_DIR, member_dir(out, i) / MEMBERS_DIR)
+        copy_member_spec(run, out, i)
     data["mix"] = {
         "members": [str(run.resolve()) for run in runs],
         "weights": weights.tolist(),
@@ -188,6 +185,14 @@ def _write_mix(
     }
 
 
+def copy_member_spec(run: Path, out: Path, index: int) -> None:
+    """`run`'s structure (its run.json, and its own members' if it is made of runs) as member `index` of `out`."""
+    member_dir(out, index).mkdir(parents=True, exist_ok=True)
+    ckpt.write_json(member_dir(out, index) / ckpt.RUN_FILE, ckpt.read_json(run / ckpt.RUN_FILE))
+    if (run / MEMBERS_DIR).is_dir():  # a member that is itself a mix brings its members' run.json files
+        shutil.copytree(run / MEMBERS_DIR, member_dir(out, index) / MEMBERS_DIR)
+
+
 def prepare_out(out: Path, runs: list[Path], force: bool) -> None:
     """Make `out` an empty run directory: refuse a file, one of the mixed runs, or (without force) a used one."""
     if out.exists() and not out.is_dir():
@@ -206,4 +211,4 @@ def prepare_out(out: Path, runs: list[Path], force: bool) -> None:
         raise MakemoreError(f"{out}: cannot create the run directory ({error.strerror})") from None
 
 
-__all__ = ["mix_runs", "prepare_out"]
+__all__ = ["copy_member_spec", "mix_runs", "prepare_out"]
