@@ -16,7 +16,7 @@ from helpers import run_cli
 import makemore
 from makemore.cli.info import format_info
 from makemore.jobs import auto
-from makemore.jobs.auto_plan import MIN_MEMBER_SECONDS, DataSummary, Member, Plan, make_plan
+from makemore.jobs.auto_plan import MIN_MEMBER_SECONDS, DataSummary, Member, Plan, make_plan, ngram_reserve
 from makemore.runs import checkpoint as ckpt
 from makemore.training.schedule import TIME_SHARE
 
@@ -25,6 +25,7 @@ SMALL_NAMES = DataSummary("line", 4_130, 29_000, 26, 6.0)
 PROSE = DataSummary("stream", 0, 1_000_000, 65, 0.0)
 SENTENCES = DataSummary("line", 50_000, 3_000_000, 80, 60.0)
 HUGE = DataSummary("line", 1_000_000, 8_000_000, 40, 7.0)
+EMAILS = DataSummary("line", 24_000, 581_000, 39, 23.0)  # held-out e-mail addresses: 403k distinct states
 
 
 @pytest.mark.parametrize("summary", [NAMES, SMALL_NAMES, PROSE, SENTENCES, HUGE])
@@ -52,6 +53,22 @@ def test_side_by_side_on_a_multicore_cpu_one_at_a_time_on_a_gpu():
     one = make_plan(NAMES, 600, "cpu", cores=1)
     assert one.slots == 1 and all(m.seconds < 300 for m in one.members)  # shared out
     assert make_plan(NAMES, 600, "cuda", cores=16).slots == 1
+
+
+def test_recurrent_members_get_memories_where_the_budget_affords_them():
+    plan = make_plan(NAMES, 1800, "cpu", 2)
+    assert plan.memories and plan.remembered() == [m for m in plan.members if m.model in ("gru", "lstm")]
+    assert make_plan(NAMES, 120, "cpu", 2).memories  # the default job: its GRU gets one
+    assert make_plan(EMAILS, 600, "cpu", 2).memories  # ~45 s a memory: within 10 minutes, not within 2
+    assert not make_plan(EMAILS, 120, "cpu", 2).memories and make_plan(EMAILS, 120, "cpu", 2).members
+    for summary in (HUGE, PROSE, DataSummary("line", 25_626, 182_000, 26, 6.1, labels=2)):
+        assert not make_plan(summary, 7200, "cpu", 2).memories
+    for summary, budget in ((NAMES, 120), (NAMES, 1800), (EMAILS, 600)):
+        plan = make_plan(summary, budget, "cpu", 2)
+        waves = -(-len(plan.members) // plan.slots)
+        longest = max(member.seconds for member in plan.members)
+        # a member's schedule fits TIME_SHARE of its --time-budget; the memories are built after the last wave
+        assert ngram_reserve(summary) + waves * TIME_SHARE * longest + plan.end_reserve() <= budget
 
 
 def test_plan_grows_with_the_budget():

@@ -48,8 +48,9 @@ VARIANTS = {
     "mlp-deep": ("mlp", {**TINY["mlp"], "n_layer": 2, "batch_norm": False}),
     "ngram-addk": ("ngram", {"order": 3, "smoothing": "add-k"}),
 }
-FAMILIES = [name for name in MODELS if name != "mix"] + list(MIXES)
-MEMORY_OF = "gru"  # the knn run: this tiny run with a memory of its training states
+FAMILIES = [name for name in MODELS if name != "mix"] + list(MIXES) + ["knn-cells"]
+MEMORY_OF = "gru"  # the knn runs: this tiny run with a memory of its training states
+MEMORIES = {"knn": (0, 1), "knn-cells": (16, 2)}  # (cells, probes): exact search; 2 of 16 cells searched
 LONG = "elizabethabigailvictoria"  # longer than every context: sliding windows, long recurrences
 # labelled runs of every family and label mode (a label's vectors start random: the labels matter untrained)
 LABELLED = {
@@ -77,8 +78,9 @@ def tiny_run(root: Path, name: str) -> Path:
             combine="log-linear" if "log-linear" in name else "linear",
         )
         return out
-    if name == "knn":
-        build_knn(tiny_run(root, MEMORY_OF), out, dim=4, k=8)
+    if name in MEMORIES:
+        cells, probes = MEMORIES[name]
+        build_knn(tiny_run(root, MEMORY_OF), out, dim=4, k=8, cells=cells, probes=probes)
         return out
     data = root / "names.txt"
     if not data.exists():

@@ -15,6 +15,7 @@ from makemore.api import train
 from makemore.data.lines import LineSplit, Vocab
 from makemore.models import MODELS, build_model
 from makemore.models.knn import KNNLM, KNNConfig, choose_settings, distinct_states
+from makemore.models.knn_search import cell_neighbours, exact_neighbours, group
 
 VOCAB = Vocab.from_texts(NAMES)
 
@@ -89,9 +90,52 @@ def test_settings_are_chosen_on_val_and_never_worse_than_the_network():
     assert nll == pytest.approx(chosen["val_nll"], abs=1e-4)
 
 
-def test_knn_run_loads_samples_and_evaluates_as_fitted(gru_run, tmp_path, capsys):
-    code, stdout, _ = run_cli(capsys, "knn", gru_run, "--out", tmp_path / "knn", "--dim", "6", "--k", "8")
-    assert code == 0 and "distinct states" in stdout
+def clustered_keys(n: int = 3000, dim: int = 8) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.randn(40, dim, generator=generator) * 4
+    return (centres[torch.randint(40, (n,), generator=generator)] + torch.randn(n, dim, generator=generator)).half()
+
+
+def test_cells_hold_every_key_once_each_in_its_nearest_cell():
+    keys = clustered_keys().float()
+    centres, order, starts = group(keys, 32)
+    assert sorted(order.tolist()) == list(range(len(keys)))  # a permutation
+    sizes = starts.diff()
+    assert starts[0] == 0 and starts[-1] == len(keys) and (sizes > 0).all() and len(centres) == len(sizes) <= 32
+    cell_of_key = torch.repeat_interleave(torch.arange(len(centres)), sizes)
+    nearest = exact_neighbours(keys[order], centres.float(), 1)[1][:, 0]
+    assert torch.equal(nearest, cell_of_key)
+    again = group(keys, 32)
+    assert all(torch.equal(a, b) for a, b in zip((centres, order, starts), again))  # seeded: the same cells
+
+
+def test_searching_every_cell_is_exact_search():
+    keys = clustered_keys().float()
+    centres, order, starts = group(keys, 32)
+    queries = torch.randn(200, 8) * 4
+    exact = exact_neighbours(queries, keys[order], 10)
+    cells = cell_neighbours(queries, keys[order], centres.float(), starts, 10, probes=len(centres))
+    assert torch.equal(exact[1], cells[1]) and torch.allclose(exact[0], cells[0])
+
+
+def test_searching_some_cells_finds_the_nearest_keys_of_those_cells():
+    keys = clustered_keys().float()
+    centres, order, starts = group(keys, 32)
+    keys = keys[order]
+    queries = torch.randn(50, 8) * 4
+    distances, indices = cell_neighbours(queries, keys, centres.float(), starts, 10, probes=3)
+    near_cells = exact_neighbours(queries, centres.float(), 3)[1]
+    for q, cells, found in zip(queries, near_cells, indices):
+        allowed = torch.cat([torch.arange(starts[c], starts[c + 1]) for c in cells.tolist()])
+        best = allowed[((keys[allowed] - q) ** 2).sum(1).argsort()[:10]]
+        assert set(found.tolist()) == set(best.tolist())
+
+
+@pytest.mark.parametrize("cells", [None, 8])
+def test_knn_run_loads_samples_and_evaluates_as_fitted(cells, gru_run, tmp_path, capsys):
+    argv = ["--cells", str(cells), "--probes", "2"] if cells else []
+    code, stdout, _ = run_cli(capsys, "knn", gru_run, "--out", tmp_path / "knn", "--dim", "6", "--k", "8", *argv)
+    assert code == 0 and "distinct states" in stdout and ("in 8 cells" in stdout) == bool(cells)
     run = makemore.load(tmp_path / "knn")
     assert run.model_name == "knn" and len(run.generate(5, seed=1).items) == 5
     code, stdout, _ = run_cli(capsys, "info", tmp_path / "knn")
@@ -108,7 +152,7 @@ def test_knn_run_loads_samples_and_evaluates_as_fitted(gru_run, tmp_path, capsys
 
 def test_the_same_run_gives_the_same_memory(gru_run, tmp_path, capsys):
     for name in ("a", "b"):
-        assert run_cli(capsys, "knn", gru_run, "--out", tmp_path / name)[0] == 0
+        assert run_cli(capsys, "knn", gru_run, "--out", tmp_path / name, "--cells", "8")[0] == 0
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
 
 
@@ -119,6 +163,8 @@ def test_refusals_are_one_line(gru_run, tmp_path, capsys):
     cases = [
         ([tmp_path / "ngram", "--out", tmp_path / "o1"], "rnn, gru and lstm"),
         ([gru_run, "--out", tmp_path / "o2", "--k", "0"], "--k must be"),
+        ([gru_run, "--out", tmp_path / "o2", "--cells", "-1"], "--cells must be"),
+        ([gru_run, "--out", tmp_path / "o2", "--probes", "0"], "probes must be"),
         ([tmp_path / "missing", "--out", tmp_path / "o3"], "missing"),
         ([gru_run, "--out", gru_run], "one of the runs"),
     ]

@@ -23,6 +23,16 @@ def _parser() -> argparse.ArgumentParser:
         "--dim", type=int, default=KNNConfig().dim, help="principal axes of the states kept (default: %(default)s)"
     )
     parser.add_argument("--k", type=int, default=KNNConfig().k, help="neighbours per prediction (default: %(default)s)")
+    parser.add_argument(
+        "--cells",
+        type=int,
+        default=None,
+        help="group the states in this many k-means cells and search the --probes nearest (default: exact search up "
+        "to 65,536 distinct states, else about 512 states a cell; 0: always exact)",
+    )
+    parser.add_argument(
+        "--probes", type=int, default=KNNConfig().probes, help="cells searched per prediction (default: %(default)s)"
+    )
     return parser
 
 
@@ -30,14 +40,15 @@ def cmd_knn(argv: list[str]) -> int:
     from makemore.jobs.knn import build_knn
 
     args = _parser().parse_args(argv)
-    print(describe_knn(build_knn(args.run, args.out, args.force, args.dim, args.k)))
+    print(describe_knn(build_knn(args.run, args.out, args.force, args.dim, args.k, args.cells, args.probes)))
     return 0
 
 
 def describe_knn(result: dict[str, Any]) -> str:
     lines = [
-        f"memory: {result['n_keys']:,} distinct states of {result['positions']:,} training positions; "
-        f"on val ({result['tokens']:,} tokens):"
+        f"memory: {result['n_keys']:,} distinct states of {result['positions']:,} training positions"
+        + (f", in {result['cells']:,} cells" if result["cells"] else "")
+        + f"; on val ({result['tokens']:,} tokens):"
     ]
     lines.append(f"  the network alone  val nll {result['net_val_nll']:.4f}")
     if result["lam"] == 0:

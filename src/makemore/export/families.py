@@ -43,7 +43,10 @@ def _ngram_arrays(model: LanguageModel) -> dict[str, np.ndarray]:
 
 def _memory_arrays(model: LanguageModel) -> dict[str, np.ndarray]:
     # the memory; the network's weights come with its member entry (describe)
-    return {name: getattr(model, name).detach().cpu().numpy() for name in ("mean", "axes", "keys", "counts")}
+    return {
+        name: getattr(model, name).detach().cpu().numpy()
+        for name in ("mean", "axes", "keys", "counts", "centres", "starts")
+    }
 
 
 def _none(model: LanguageModel) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from makemore.models.knn_search import MAX_COUNTS, PROBES, cells_for
 from makemore.training.schedule import TIME_SHARE
 
 # Below this a neural member is not worth its start-up (names: a 100 s GRU alone, val 1.982, is worse than Kneser-Ney,
@@ -82,29 +83,43 @@ def mix_reserve(summary: DataSummary, budget: float) -> float:
     return min(5.0 + 2e-5 * summary.train_tokens, 0.1 * budget)
 
 
-# A memory of a recurrent member's training states (models/knn.py, `makemore knn`) once the members are trained: each
-# is read on val at every distinct state of train, so its cost grows with train x val (the product below). Names
-# (182k training tokens, 22k val): ~12 s to build, a few seconds in each later mix. E-mail addresses (581k, 73k):
-# ~3 min a val pass on 2 cores, most of a 10-minute budget, so data that size gets none.
+# A memory of a recurrent member's training states (models/knn.py, `makemore knn`) once the members are trained: its
+# build reads the network at every training position and twice over val, finds its principal axes and its k-means
+# cells, and searches the neighbours of every val state. Measured on 2 cores: names (182k training tokens, 50k
+# distinct states, exact search) 8-10 s; e-mail addresses (581k tokens, 403k states in 1,024 cells) 35 s, of which
+# the val search ~8 s. The mix then searches val once more.
 MEMORY_FAMILIES = ("rnn", "gru", "lstm")
-MEMORY_CELLS = 1e10  # training tokens x val tokens (val estimated as train / 8) at most
-MEMORY_SECONDS = (3.0, 2.0e-9)  # per memory: fixed seconds, and seconds per cell (names: 9-11 s measured)
+MEMORY_TOKENS = 1 << 20  # training tokens at most: one key per distinct state (jobs/knn.py MAX_KEYS)
+MEMORY_SHARE = 0.15  # of the budget, at most, per memory
+MEMORY_SECONDS = (3.0, 4e-5, 3e-8)  # fixed; per training token; per distance of the val search (two searches)
 
 
-def memory_cells(summary: DataSummary) -> float:
-    return summary.train_tokens * summary.train_tokens / 8
+def memory_seconds(summary: DataSummary) -> float:
+    """The estimated seconds of one memory's build, val taken as an eighth of train and every training position
+    as a distinct state (an upper bound)."""
+    keys = summary.train_tokens
+    cells = cells_for(keys)
+    searched = cells + PROBES * keys / cells if cells else keys  # distances per val query
+    fixed, per_token, per_distance = MEMORY_SECONDS
+    return fixed + per_token * summary.train_tokens + per_distance * summary.train_tokens / 8 * searched
 
 
-def gets_memories(summary: DataSummary) -> bool:
-    """Whether the plan's recurrent members get a memory of their training states: line mode, no labels, and data
-    small enough for its val pass (MEMORY_CELLS)."""
-    return summary.mode == "line" and not summary.labels and memory_cells(summary) <= MEMORY_CELLS
+def gets_memories(summary: DataSummary, budget: float) -> bool:
+    """Whether the plan's recurrent members get a memory of their training states: line mode, no labels, at most
+    MEMORY_TOKENS training tokens (and their counts within jobs/knn.py's MAX_COUNTS), each memory within
+    MEMORY_SHARE of the budget."""
+    return (
+        summary.mode == "line"
+        and not summary.labels
+        and summary.train_tokens <= MEMORY_TOKENS
+        and summary.train_tokens * (summary.alphabet + 2) <= MAX_COUNTS
+        and memory_seconds(summary) <= MEMORY_SHARE * budget
+    )
 
 
-def memory_reserve(summary: DataSummary, members: int) -> float:
+def memory_reserve(summary: DataSummary, budget: float, members: int) -> float:
     """Seconds kept at the end for the memories of `members` recurrent members."""
-    fixed, per_cell = MEMORY_SECONDS
-    return members * (fixed + per_cell * memory_cells(summary)) if gets_memories(summary) else 0.0
+    return members * memory_seconds(summary) if gets_memories(summary, budget) else 0.0
 
 
 def ngram_reserve(summary: DataSummary) -> float:
@@ -175,7 +190,8 @@ class Plan:
 
     def end_reserve(self) -> float:
         """Seconds kept after the last wave: the memories and the mix."""
-        return memory_reserve(self.summary, len(self.remembered())) + mix_reserve(self.summary, self.budget)
+        memories = memory_reserve(self.summary, self.budget, len(self.remembered()))
+        return memories + mix_reserve(self.summary, self.budget)
 
 
 def passes(summary: DataSummary, seconds: float, device: str) -> float:
@@ -279,7 +295,7 @@ def make_plan(summary: DataSummary, budget: float, device: str = "cpu", cores: i
     count, waves = member_layout(max(available, 0.0), slots, summary.prose, useful)
     if count:  # the memories' time, for the families this share would plan
         families = family_order(summary, (available - waves * RESERVE_SECONDS) / waves, device)[:count]
-        available -= memory_reserve(summary, sum(model in MEMORY_FAMILIES for model in families))
+        available -= memory_reserve(summary, budget, sum(model in MEMORY_FAMILIES for model in families))
     while count and slots == 1 and (available - count * RESERVE_SECONDS) / count < MIN_MEMBER_SECONDS:
         count, waves = count - 1, waves - 1
     if count == 0:
@@ -298,7 +314,7 @@ def make_plan(summary: DataSummary, budget: float, device: str = "cpu", cores: i
     kind = "prose or long items" if summary.prose else "short items"
     how = f"{slots} side by side" if slots > 1 else "one after another"
     notes.append(f"{kind}: {', '.join(m.model for m in members)}, ~{share:.0f} s each, {how}; then a mix on val")
-    memories = gets_memories(summary) and any(member.model in MEMORY_FAMILIES for member in members)
+    memories = gets_memories(summary, budget) and any(member.model in MEMORY_FAMILIES for member in members)
     if memories:
         notes.append("each recurrent member then gets a memory of its training states (kNN-LM), mixed in its place")
     return Plan(budget, device, summary, members, notes, slots, memories)

@@ -22,17 +22,25 @@ from makemore.data.lines import LineSplit
 from makemore.errors import MakemoreError
 from makemore.jobs.mix import SPLITS, copy_member_spec, prepare_out
 from makemore.models.knn import KNNLM, KNNConfig, choose_settings
+from makemore.models.knn_search import MAX_COUNTS, MAX_KEYS, PROBES
 from makemore.models.rnn import Recurrent
 from makemore.runs import checkpoint as ckpt
 
-MAX_KEYS = 1 << 20  # at most ~1M distinct states: 128 MB of float16 keys at 64 dimensions
-MAX_COUNTS = 1 << 26  # distinct states x vocabulary: 256 MB of counts
 
-
-def build_knn(run: str | Path, out: str | Path, force: bool = False, dim: int = 64, k: int = 64) -> dict[str, Any]:
-    """Build the knn run of `run` (a trained line-mode rnn, gru or lstm) in `out`. Returns {"out", "n_keys",
-    "positions", "tokens", "temperature", "lam", "val_nll", "net_val_nll"}. Raises MakemoreError for runs it
-    cannot use."""
+def build_knn(
+    run: str | Path,
+    out: str | Path,
+    force: bool = False,
+    dim: int = 64,
+    k: int = 64,
+    cells: int | None = None,
+    probes: int = PROBES,
+) -> dict[str, Any]:
+    """Build the knn run of `run` (a trained line-mode rnn, gru or lstm) in `out`. `cells`: how many cells the keys
+    are grouped in for approximate search (None: by their number, models/knn_search.py; 0: exact search), of which
+    the `probes` nearest to a query are searched. Returns
+    {"out", "n_keys", "cells", "positions", "tokens", "temperature", "lam", "val_nll", "net_val_nll"}. Raises
+    MakemoreError for runs it cannot use."""
     run, out = Path(run), Path(out)
     spec, net = ckpt.load_model(run, torch.device("cpu"))
     _check_base(run, spec, net)
@@ -40,11 +48,13 @@ def build_knn(run: str | Path, out: str | Path, force: bool = False, dim: int = 
     if not splits["val"]:
         raise MakemoreError(f"{run}: no val split to choose the memory's settings on")
     try:
-        model = KNNLM(KNNConfig(dim=dim, k=k), spec.vocab.size, [net])
+        model = KNNLM(KNNConfig(dim=dim, k=k, probes=probes), spec.vocab.size, [net])
     except ValueError as error:
         raise MakemoreError(f"{run}: {error}") from None
     train, val = LineSplit(splits["train"], spec.vocab), LineSplit(splits["val"], spec.vocab)
-    model.fit(train, None)
+    if cells is not None and cells < 0:
+        raise MakemoreError(f"--cells must be >= 0, got {cells}")
+    model.fit(train, None, cells)
     if model.config.n_keys > MAX_KEYS or model.config.n_keys * spec.vocab.size > MAX_COUNTS:
         raise MakemoreError(
             f"{run}: {model.config.n_keys:,} distinct states x {spec.vocab.size} symbols is more than a memory "
@@ -54,8 +64,8 @@ def build_knn(run: str | Path, out: str | Path, force: bool = False, dim: int = 
     model.config.temperature, model.config.lam = chosen.pop("chosen")
     _write(out, run, spec, model, splits, chosen, force)
     config = model.config
-    return {"out": str(out), "n_keys": config.n_keys, "positions": train.tokens, "temperature": config.temperature,
-            "lam": config.lam, **chosen}  # fmt: skip
+    return {"out": str(out), "n_keys": config.n_keys, "cells": config.cells, "positions": train.tokens,
+            "temperature": config.temperature, "lam": config.lam, **chosen}  # fmt: skip
 
 
 def _check_base(run: Path, spec: ckpt.RunSpec, net: Any) -> None:

@@ -30,9 +30,9 @@ from torch import nn
 from makemore.config import check, field
 from makemore.data.lines import IGNORE
 from makemore.models.base import LanguageModel, sequence_nll
+from makemore.models.knn_search import PROBES, cell_neighbours, cells_for, exact_neighbours, group
 from makemore.models.rnn import GRU, GRUConfig, Recurrent
 
-QUERY_CELLS = 1 << 22  # distances computed at once (queries x keys): ~16 MB of float32
 QUERY_PART = 2048  # queries whose neighbours' counts are read at once
 TEMPERATURES = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0)  # chosen on val with the weight: the distances' scale varies
 LAMS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -46,6 +46,8 @@ class KNNConfig:
     k: int = field(64, "neighbours read per prediction")
     temperature: float = field(10.0, "softmax temperature over the neighbours' squared distances")
     lam: float = field(0.5, "weight of the neighbours' distribution against the network's")
+    cells: int = field(0, "k-means cells the keys are grouped in, the nearest `probes` searched (0: exact search)")
+    probes: int = field(PROBES, "cells searched per prediction (with cells)")
 
     def __post_init__(self):
         check(0 <= self.n_keys <= 1 << 24, f"n_keys must be in [0, 2^24], got {self.n_keys}")
@@ -54,6 +56,8 @@ class KNNConfig:
         check(1 <= self.k <= 1024, f"--k must be in [1, 1024], got {self.k}")
         check(self.temperature > 0, f"--temperature must be > 0, got {self.temperature}")
         check(0 <= self.lam <= 1, f"--lam must be in [0, 1], got {self.lam}")
+        check(0 <= self.cells <= 1 << 20, f"cells must be in [0, 2^20], got {self.cells}")
+        check(1 <= self.probes <= 1 << 20, f"probes must be in [1, 2^20], got {self.probes}")
 
 
 class KNNLM(LanguageModel):
@@ -77,6 +81,8 @@ class KNNLM(LanguageModel):
         self.register_buffer("axes", torch.zeros(c.n_state, c.dim))  # (H, D) their principal axes
         self.register_buffer("keys", torch.zeros(c.n_keys, c.dim, dtype=torch.float16))  # (N, D)
         self.register_buffer("counts", torch.zeros(c.n_keys, vocab_size))  # (N, V) what followed each state
+        self.register_buffer("centres", torch.zeros(c.cells, c.dim, dtype=torch.float16))  # (C, D) with cells
+        self.register_buffer("starts", torch.zeros(c.cells + 1, dtype=torch.long))  # (C + 1,) cell c: keys[s_c:s_c+1]
         self._states: list[torch.Tensor] = []
         self.net.lm_head.register_forward_hook(lambda module, inputs, output: self._states.append(inputs[0]))
 
@@ -105,18 +111,13 @@ class KNNLM(LanguageModel):
         return (states.float() - self.mean) @ self.axes
 
     def neighbours(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The k nearest keys of each query (n, D): squared distances up to a per-query constant (n, k) and indices
-        (n, k). The constant (|q|^2) cancels in the softmax over a query's neighbours."""
+        """The k nearest keys of each query (n, D) (with cells: among those in its `probes` nearest cells): squared
+        distances up to a per-query constant (n, k) and indices (n, k). The constant (|q|^2) cancels in the softmax
+        over a query's neighbours."""
         keys = self.keys.float()  # (N, D)
-        key_norms = (keys * keys).sum(1)  # (N,)
-        chunk = max(1, QUERY_CELLS // max(len(keys), 1))
-        distances, indices = [], []
-        for part in queries.split(chunk):
-            d = key_norms[None, :] - 2 * part @ keys.T  # (n, N)
-            dist, index = d.topk(min(k, len(keys)), dim=1, largest=False, sorted=True)
-            distances.append(dist)
-            indices.append(index)
-        return torch.cat(distances), torch.cat(indices)
+        if not self.config.cells:
+            return exact_neighbours(queries, keys, k)
+        return cell_neighbours(queries, keys, self.centres.float(), self.starts, k, self.config.probes)
 
     def knn_probs(self, distances: torch.Tensor, indices: torch.Tensor, temperature: float) -> torch.Tensor:
         """p_knn (n, V) from the neighbours' distances and indices (n, k)."""
@@ -174,16 +175,23 @@ class KNNLM(LanguageModel):
 
     # ----------------------------------------------------------------------------------------------- fitting
     @torch.no_grad()
-    def fit(self, split: Any, val: Any = None) -> None:
+    def fit(self, split: Any, val: Any = None, cells: int | None = None) -> None:
         """Remember the network's states on `split` (train), then choose the neighbours' temperature and weight
-        on `val` (without val: the config's). Sets n_keys, n_state and the memory's buffers."""
+        on `val` (without val: the config's). Sets n_keys, n_state, cells and the memory's buffers; over EXACT_KEYS
+        distinct states they are grouped in cells (models/knn_search.py), or in `cells` cells where given (0: exact
+        search)."""
         states, values = read_states(self.net, split)  # (N, H), (N,)
         c = self.config
         c.n_state, c.dim = states.size(1), min(c.dim, states.size(1))
         self.mean, self.axes = principal_axes(states, c.dim)
         keys = self.project(states).half() + 0  # + 0: -0.0 becomes 0.0, one key
-        self.keys, self.counts = distinct_states(keys, values, self.vocab_size)
-        c.n_keys = len(self.keys)
+        keys, counts = distinct_states(keys, values, self.vocab_size)
+        c.n_keys, c.cells = len(keys), cells_for(len(keys)) if cells is None else min(cells, len(keys))
+        self.centres, self.starts = torch.zeros(0, c.dim, dtype=torch.float16), torch.zeros(1, dtype=torch.long)
+        if c.cells:
+            self.centres, order, self.starts = group(keys.float(), c.cells)
+            keys, counts, c.cells = keys[order], counts[order], len(self.centres)
+        self.keys, self.counts = keys, counts
         if val is not None and len(val):
             c.temperature, c.lam = choose_settings(self, val)["chosen"]
 

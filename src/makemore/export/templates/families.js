@@ -322,9 +322,25 @@ const FAMILIES = {
   },
   knn(spec, w) {  // a recurrent network plus the nearest of its training states: lam p_knn + (1 - lam) p_net
     const c = spec.config, net = build(spec.members[0], w, "members.0."), keys = w.keys.data, counts = w.counts.data;
-    const [N, D] = w.keys.shape, V = w.counts.shape[1], H = w.mean.shape[0];
-    const norms = new Float64Array(N);
-    for (let j = 0; j < N; j++) for (let e = 0; e < D; e++) norms[j] += keys[j * D + e] * keys[j * D + e];
+    const [N, D] = w.keys.shape, V = w.counts.shape[1], H = w.mean.shape[0], C = w.centres.shape[0];
+    const centres = w.centres.data, starts = Array.from(w.starts.data, Number);  // cell c: keys starts[c]..starts[c+1]
+    const sumsOfSquares = (x, n) => {
+      const out = new Float64Array(n);
+      for (let j = 0; j < n; j++) for (let e = 0; e < D; e++) out[j] += x[j * D + e] * x[j * D + e];
+      return out;
+    };
+    const norms = sumsOfSquares(keys, N), centreNorms = sumsOfSquares(centres, C);
+    const dot = (q, x, j) => {
+      let s = 0;
+      for (let e = 0; e < D; e++) s += q[e] * x[j * D + e];
+      return s;
+    };
+    const searched = (q) => {  // the key ranges searched: all, or the keys of the `probes` cells nearest to q
+      if (C === 0) return [[0, N]];
+      const order = Array.from({ length: C }, (_, cell) => [centreNorms[cell] - 2 * dot(q, centres, cell), cell]);
+      order.sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+      return order.slice(0, c.probes).map(([, cell]) => [starts[cell], starts[cell + 1]]);
+    };
     return {
       init: (label = null) => net.init(label),
       step(t, s, label) {
@@ -336,14 +352,14 @@ const FAMILIES = {
           for (let e = 0; e < D; e++) q[e] += a * w.axes.data[i * D + e];
         }
         const k = Math.min(c.k, N), near = [];  // the k nearest [distance, index], sorted (insertion: k is small)
-        for (let j = 0; j < N; j++) {
-          let dot = 0;
-          for (let e = 0; e < D; e++) dot += q[e] * keys[j * D + e];
-          const d = norms[j] - 2 * dot;  // + |q|^2, which cancels below
-          if (near.length === k && d >= near[k - 1][0]) continue;
-          let at = near.length === k ? k - 1 : near.length;
-          while (at > 0 && near[at - 1][0] > d) { near[at] = near[at - 1]; at--; }
-          near[at] = [d, j];
+        for (const [from, to] of searched(q)) {
+          for (let j = from; j < to; j++) {
+            const d = norms[j] - 2 * dot(q, keys, j);  // + |q|^2, which cancels below
+            if (near.length === k && d >= near[k - 1][0]) continue;
+            let at = near.length === k ? k - 1 : near.length;
+            while (at > 0 && near[at - 1][0] > d) { near[at] = near[at - 1]; at--; }
+            near[at] = [d, j];
+          }
         }
         const mass = new Float64Array(V);
         for (const [d, j] of near) {

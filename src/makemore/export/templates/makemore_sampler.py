@@ -386,8 +386,10 @@ class KNN:
         self.net = build(spec["members"][0], w, "members.0.")
         self.k, self.temperature, self.lam = c["k"], c["temperature"], c["lam"]
         self.mean, self.axes, self.counts = w["mean"], w["axes"], w["counts"].astype(np.float64)
-        self.keys = w["keys"].astype(np.float32)  # (N, D)
+        self.keys = w["keys"].astype(np.float32)  # (N, D), grouped by cell where there are cells
         self.norms = (self.keys * self.keys).sum(1)
+        self.centres, self.starts, self.probes = w["centres"].astype(np.float32), w["starts"], c["probes"]
+        self.centre_norms = (self.centres * self.centres).sum(1)  # cell c holds keys[starts[c]:starts[c + 1]]
 
     def init(self, batch, labels=None):
         return self.net.init(batch, labels)
@@ -397,14 +399,29 @@ class KNN:
         if self.lam == 0 or not len(self.keys):
             return log_softmax(logits), state
         q = ((self.net.read - self.mean) @ self.axes).astype(np.float32)  # (B, D)
-        d = self.norms[None, :] - 2 * (q @ self.keys.T)  # (B, N): |q|^2 cancels below
-        k = min(self.k, d.shape[1])
-        near = np.argpartition(d, k - 1, axis=1)[:, :k]  # (B, k)
-        dist = np.take_along_axis(d, near, axis=1).astype(np.float64)
-        weights = np.exp(-(dist - dist.min(1, keepdims=True)) / self.temperature)
+        dist, near = self.nearest(q)
+        weights = np.exp(-(dist - dist.min(1, keepdims=True)) / self.temperature)  # 0 where dist is inf
         mass = (weights[:, :, None] * self.counts[near]).sum(1)  # (B, V)
         p = self.lam * mass / mass.sum(1, keepdims=True) + (1 - self.lam) * np.exp(log_softmax(logits))
         return np.log(p), state
+
+    def nearest(self, q):
+        """The k nearest keys of each query (B, D), with cells among the keys of its `probes` nearest cells: squared
+        distances less |q|^2 (which cancels in the weights) and indices, (B, k); inf where there are fewer keys."""
+        if not len(self.centres):
+            d = self.norms[None, :] - 2 * (q @ self.keys.T)  # (B, N)
+            k = min(self.k, d.shape[1])
+            near = np.argpartition(d, k - 1, axis=1)[:, :k]  # (B, k)
+            return np.take_along_axis(d, near, axis=1).astype(np.float64), near
+        probe = np.argsort(self.centre_norms[None, :] - 2 * (q @ self.centres.T), axis=1, kind="stable")
+        dist, near = np.full((len(q), self.k), np.inf), np.zeros((len(q), self.k), dtype=np.int64)
+        for b, cells in enumerate(probe[:, : self.probes]):
+            keys = np.concatenate([np.arange(self.starts[c], self.starts[c + 1]) for c in cells])
+            d = self.norms[keys] - 2 * (self.keys[keys] @ q[b])
+            k = min(self.k, len(keys))
+            best = np.argpartition(d, k - 1)[:k]
+            dist[b, :k], near[b, :k] = d[best], keys[best]
+        return dist, near
 
 
 class Conditioned:
