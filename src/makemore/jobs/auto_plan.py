@@ -91,16 +91,19 @@ def mix_reserve(summary: DataSummary, budget: float) -> float:
 MEMORY_FAMILIES = ("rnn", "gru", "lstm")
 MEMORY_TOKENS = 1 << 20  # training tokens at most: one key per distinct state (jobs/knn.py MAX_KEYS)
 MEMORY_SHARE = 0.15  # of the budget, at most, per memory
-MEMORY_SECONDS = (3.0, 4e-5, 3e-8)  # fixed; per training token; per distance of the val search (two searches)
+MEMORY_SECONDS = (0.5, 4e-5)  # fixed; per training token (states, principal axes, cells, the network on val)
+DISTANCE_SECONDS = (8e-9, 3e-8)  # per distance of the two val searches: exact; in cells (a loop over cells)
 
 
 def memory_seconds(summary: DataSummary) -> float:
-    """The estimated seconds of one memory's build, val taken as an eighth of train and every training position
-    as a distinct state (an upper bound)."""
+    """The estimated seconds of one memory (its build and its search in the mix), val taken as an eighth of train
+    and every training position as a distinct state (an upper bound). The default job (29k tokens): ~2.5 s
+    (measured: 1 s and a mix); names ~12 s (9 s and a mix); e-mail addresses ~38 s (32 s and a mix)."""
     keys = summary.train_tokens
     cells = cells_for(keys)
     searched = cells + PROBES * keys / cells if cells else keys  # distances per val query
-    fixed, per_token, per_distance = MEMORY_SECONDS
+    fixed, per_token = MEMORY_SECONDS
+    per_distance = DISTANCE_SECONDS[bool(cells)]
     return fixed + per_token * summary.train_tokens + per_distance * summary.train_tokens / 8 * searched
 
 
