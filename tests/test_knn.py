@@ -40,9 +40,19 @@ def tiny(lam: float = 0.5, temperature: float = 1.0) -> KNNLM:
 
 def test_distinct_states_count_what_followed_each_state():
     keys = torch.tensor([[1.0, 2.0], [0.5, 0.0], [1.0, 2.0], [1.0, 2.0]]).half()
-    unique, counts = distinct_states(keys, torch.tensor([3, 1, 3, 0]), 4)
+    unique, offsets, tokens, counts = distinct_states(keys, torch.tensor([3, 1, 3, 0]), 4)
     assert unique.tolist() == [[0.5, 0.0], [1.0, 2.0]]  # sorted, each once
-    assert counts.tolist() == [[0, 1, 0, 0], [1, 0, 0, 2]]
+    assert offsets.tolist() == [0, 1, 3]  # [0.5, 0] was followed by one token, [1, 2] by two
+    assert tokens.tolist() == [1, 0, 3] and counts.tolist() == [1, 1, 2]
+
+
+def dense_counts(model: KNNLM) -> torch.Tensor:
+    """(N, V): how often each token followed each stored state, from the memory's sparse pairs."""
+    counts = torch.zeros(model.config.n_keys, model.vocab_size, dtype=torch.float64)
+    for j in range(model.config.n_keys):
+        for p in range(model.offsets[j], model.offsets[j + 1]):
+            counts[j, model.next_tokens[p]] += model.next_counts[p]
+    return counts
 
 
 def test_the_prediction_is_the_interpolation_of_the_neighbours_and_the_network():
@@ -57,12 +67,12 @@ def test_the_prediction_is_the_interpolation_of_the_neighbours_and_the_network()
         net_logits = model.net(x)[0]
         hook.remove()
     queries = model.project(captured[0]).reshape(-1, 4).double()
-    keys = model.keys.double()
+    keys, counts = model.keys.double(), dense_counts(model)
     for q, logits, out in zip(queries, net_logits.reshape(-1, VOCAB.size), got.reshape(-1, VOCAB.size)):
         d = ((keys - q) ** 2).sum(1)
         near = d.argsort()[:3]
         w = torch.exp(-(d[near] - d[near].min()) / 2.0)
-        mass = (w[:, None] * model.counts[near].double()).sum(0)
+        mass = (w[:, None] * counts[near]).sum(0)
         want = 0.4 * mass / mass.sum() + 0.6 * torch.softmax(logits.double(), -1)
         assert torch.allclose(out.double().exp(), want, atol=1e-5)
 

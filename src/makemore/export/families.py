@@ -45,7 +45,7 @@ def _memory_arrays(model: LanguageModel) -> dict[str, np.ndarray]:
     # the memory; the network's weights come with its member entry (describe)
     return {
         name: getattr(model, name).detach().cpu().numpy()
-        for name in ("mean", "axes", "keys", "counts", "centres", "starts")
+        for name in ("mean", "axes", "keys", "offsets", "next_tokens", "next_counts", "centres", "starts")
     }
 
 

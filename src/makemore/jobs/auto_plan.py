@@ -38,7 +38,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from makemore.models.knn_search import MAX_COUNTS, PROBES, cells_for
+from makemore.models.knn_search import PROBES, cells_for
 from makemore.training.schedule import TIME_SHARE
 
 # Below this a neural member is not worth its start-up (names: a 100 s GRU alone, val 1.982, is worse than Kneser-Ney,
@@ -109,13 +109,11 @@ def memory_seconds(summary: DataSummary) -> float:
 
 def gets_memories(summary: DataSummary, budget: float) -> bool:
     """Whether the plan's recurrent members get a memory of their training states: line mode, no labels, at most
-    MEMORY_TOKENS training tokens (and their counts within jobs/knn.py's MAX_COUNTS), each memory within
-    MEMORY_SHARE of the budget."""
+    MEMORY_TOKENS training tokens, each memory within MEMORY_SHARE of the budget."""
     return (
         summary.mode == "line"
         and not summary.labels
         and summary.train_tokens <= MEMORY_TOKENS
-        and summary.train_tokens * (summary.alphabet + 2) <= MAX_COUNTS
         and memory_seconds(summary) <= MEMORY_SHARE * budget
     )
 

@@ -2,7 +2,7 @@
 
     OUT/run.json             model "knn": the memory's settings, chosen on val
     OUT/members/0/run.json   the network's structure
-    OUT/model.safetensors    the network's weights and the memory (keys in float16, next-character counts)
+    OUT/model.safetensors    the network's weights and the memory (keys in float16, sparse next-character counts)
     OUT/{train,val,test}.txt the network's split
 
 `build_knn` is what `makemore knn` and `--model auto` call: KNNLM.fit reads the states in eval mode (no dropout) at
@@ -22,7 +22,7 @@ from makemore.data.lines import LineSplit
 from makemore.errors import MakemoreError
 from makemore.jobs.mix import SPLITS, copy_member_spec, prepare_out
 from makemore.models.knn import KNNLM, KNNConfig, choose_settings
-from makemore.models.knn_search import MAX_COUNTS, MAX_KEYS, PROBES
+from makemore.models.knn_search import MAX_KEYS, MAX_POSITIONS, PROBES
 from makemore.models.rnn import Recurrent
 from makemore.runs import checkpoint as ckpt
 
@@ -54,11 +54,12 @@ def build_knn(
     train, val = LineSplit(splits["train"], spec.vocab), LineSplit(splits["val"], spec.vocab)
     if cells is not None and cells < 0:
         raise MakemoreError(f"--cells must be >= 0, got {cells}")
+    if train.tokens > MAX_POSITIONS:
+        raise MakemoreError(f"{run}: {train.tokens:,} training positions; a memory reads at most {MAX_POSITIONS:,}")
     model.fit(train, None, cells)
-    if model.config.n_keys > MAX_KEYS or model.config.n_keys * spec.vocab.size > MAX_COUNTS:
+    if model.config.n_keys > MAX_KEYS:
         raise MakemoreError(
-            f"{run}: {model.config.n_keys:,} distinct states x {spec.vocab.size} symbols is more than a memory "
-            f"holds (at most {MAX_KEYS:,} states and {MAX_COUNTS:,} counts)"
+            f"{run}: {model.config.n_keys:,} distinct states is more than a memory holds (at most {MAX_KEYS:,})"
         )
     chosen = choose_settings(model, val)
     model.config.temperature, model.config.lam = chosen.pop("chosen")

@@ -7,8 +7,9 @@ Memorization: Nearest Neighbor Language Models"):
 
 The keys are the network's states before its output layer (what its lm_head reads) at the training positions,
 projected onto their top `dim` principal axes and stored in float16, each distinct state once with the counts of the
-characters that followed it. Storing each state once makes the neighbours well defined: every name's first state is
-the same, and k of its 25,000 copies would be an arbitrary pick among equals.
+characters that followed it (sparse: most states are followed by one character). Storing each state once makes the
+neighbours well defined: every name's first state is the same, and k of its 25,000 copies would be an arbitrary pick
+among equals.
 A network trained for minutes is still learning when its time ends, and its memory of what followed similar
 states makes up part of the difference (val, a GRU trained 7 minutes on names: 1.9139 alone, 1.8837 with its memory;
 10 minutes on e-mail addresses: 1.1591 and 1.0926). `makemore knn RUN` builds one from a trained run (jobs/knn.py);
@@ -41,6 +42,7 @@ LAMS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 @dataclass
 class KNNConfig:
     n_keys: int = field(0, "distinct training states in the memory (set by `makemore knn`)")
+    n_pairs: int = field(0, "distinct (state, next character) pairs in the memory (set by `makemore knn`)")
     n_state: int = field(0, "size of the network's state before its output layer (set by `makemore knn`)")
     dim: int = field(64, "the states' principal axes kept in the memory")
     k: int = field(64, "neighbours read per prediction")
@@ -51,6 +53,7 @@ class KNNConfig:
 
     def __post_init__(self):
         check(0 <= self.n_keys <= 1 << 24, f"n_keys must be in [0, 2^24], got {self.n_keys}")
+        check(0 <= self.n_pairs <= 1 << 26, f"n_pairs must be in [0, 2^26], got {self.n_pairs}")
         check(0 <= self.n_state <= 65536, f"n_state must be in [0, 65536], got {self.n_state}")
         check(1 <= self.dim <= 4096, f"--dim must be in [1, 4096], got {self.dim}")
         check(1 <= self.k <= 1024, f"--k must be in [1, 1024], got {self.k}")
@@ -80,7 +83,10 @@ class KNNLM(LanguageModel):
         self.register_buffer("mean", torch.zeros(c.n_state))  # (H,) the states' mean
         self.register_buffer("axes", torch.zeros(c.n_state, c.dim))  # (H, D) their principal axes
         self.register_buffer("keys", torch.zeros(c.n_keys, c.dim, dtype=torch.float16))  # (N, D)
-        self.register_buffer("counts", torch.zeros(c.n_keys, vocab_size))  # (N, V) what followed each state
+        # what followed key j: next_tokens[p] next_counts[p] times, p in offsets[j] .. offsets[j + 1] - 1
+        self.register_buffer("offsets", torch.zeros(c.n_keys + 1, dtype=torch.long))  # (N + 1,)
+        self.register_buffer("next_tokens", torch.zeros(c.n_pairs, dtype=torch.long))  # (P,)
+        self.register_buffer("next_counts", torch.zeros(c.n_pairs, dtype=torch.long))  # (P,)
         self.register_buffer("centres", torch.zeros(c.cells, c.dim, dtype=torch.float16))  # (C, D) with cells
         self.register_buffer("starts", torch.zeros(c.cells + 1, dtype=torch.long))  # (C + 1,) cell c: keys[s_c:s_c+1]
         self._states: list[torch.Tensor] = []
@@ -123,8 +129,13 @@ class KNNLM(LanguageModel):
         """p_knn (n, V) from the neighbours' distances and indices (n, k)."""
         d = distances.double()
         weights = torch.exp(-(d - d[:, :1]) / temperature)  # (n, k); relative to the nearest: no underflow
-        counts = self.counts[indices].double()  # (n, k, V)
-        mass = (weights[:, :, None] * counts).sum(1)  # (n, V)
+        starts = self.offsets[indices]
+        lengths = (self.offsets[indices + 1] - starts).reshape(-1)  # (n k,) pairs of each neighbour
+        pairs = ranges(starts.reshape(-1), lengths)  # (m,) the neighbours' (next token, count) pairs
+        rows = torch.arange(len(d)).repeat_interleave(lengths.view(len(d), -1).sum(1))  # (m,) their query
+        mass = torch.zeros(len(d), self.vocab_size, dtype=torch.float64)  # (n, V)
+        pair_mass = weights.reshape(-1).repeat_interleave(lengths) * self.next_counts[pairs]
+        mass.index_put_((rows, self.next_tokens[pairs]), pair_mass, accumulate=True)
         return mass / mass.sum(1, keepdim=True)
 
     def interpolate(self, logits: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
@@ -134,7 +145,7 @@ class KNNLM(LanguageModel):
             return F.log_softmax(logits.float(), dim=-1)
         shape = logits.shape
         queries = self.project(states.reshape(-1, states.size(-1)))  # (n, D)
-        p_knn = torch.cat(  # (n, V), in parts: the neighbours' counts are (part, k, V)
+        p_knn = torch.cat(  # (n, V), in parts of QUERY_PART queries
             [self.knn_probs(*self.neighbours(part, c.k), c.temperature) for part in queries.split(QUERY_PART)]
         )
         p_net = F.softmax(logits.reshape(-1, shape[-1]).double(), dim=-1)
@@ -185,13 +196,17 @@ class KNNLM(LanguageModel):
         c.n_state, c.dim = states.size(1), min(c.dim, states.size(1))
         self.mean, self.axes = principal_axes(states, c.dim)
         keys = self.project(states).half() + 0  # + 0: -0.0 becomes 0.0, one key
-        keys, counts = distinct_states(keys, values, self.vocab_size)
-        c.n_keys, c.cells = len(keys), cells_for(len(keys)) if cells is None else min(cells, len(keys))
+        keys, offsets, tokens, counts = distinct_states(keys, values, self.vocab_size)
+        c.n_keys, c.n_pairs = len(keys), len(tokens)
+        c.cells = cells_for(c.n_keys) if cells is None else min(cells, c.n_keys)
         self.centres, self.starts = torch.zeros(0, c.dim, dtype=torch.float16), torch.zeros(1, dtype=torch.long)
         if c.cells:
             self.centres, order, self.starts = group(keys.float(), c.cells)
-            keys, counts, c.cells = keys[order], counts[order], len(self.centres)
-        self.keys, self.counts = keys, counts
+            lengths = offsets.diff()[order]
+            pairs = ranges(offsets[:-1][order], lengths)
+            keys, tokens, counts, c.cells = keys[order], tokens[pairs], counts[pairs], len(self.centres)
+            offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(lengths, 0)])
+        self.keys, self.offsets, self.next_tokens, self.next_counts = keys, offsets, tokens, counts
         if val is not None and len(val):
             c.temperature, c.lam = choose_settings(self, val)["chosen"]
 
@@ -227,13 +242,23 @@ def principal_axes(states: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.
     return mean.float(), (axes * signs).float()
 
 
-def distinct_states(keys: torch.Tensor, values: torch.Tensor, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each distinct key (float16 rows, N x D) once, in sorted order, with the counts of the values that followed
-    it (U, V)."""
+def distinct_states(
+    keys: torch.Tensor, values: torch.Tensor, vocab_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each distinct key (float16 rows, N x D) once, in sorted order (U, D), with the values that followed it and
+    how often: unique key j was followed by tokens[p], counts[p] times, for p in offsets[j] .. offsets[j + 1] - 1.
+    Returns (keys, offsets (U + 1,), tokens (P,), counts (P,)), P being the distinct (key, value) pairs."""
     unique, inverse = torch.unique(keys.view(torch.int16), dim=0, return_inverse=True)  # bit patterns: exact
-    counts = torch.zeros(len(unique), vocab_size)
-    counts.index_put_((inverse, values), torch.ones(len(values)), accumulate=True)
-    return unique.view(torch.float16), counts
+    pairs, counts = torch.unique(inverse * vocab_size + values, return_counts=True)  # by key, then value
+    lengths = torch.bincount(pairs // vocab_size, minlength=len(unique))
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(lengths, 0)])
+    return unique.view(torch.float16), offsets, pairs % vocab_size, counts
+
+
+def ranges(starts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """starts[i], starts[i] + 1, ..., starts[i] + lengths[i] - 1 for every i, concatenated (sum(lengths),)."""
+    before = torch.cumsum(lengths, 0) - lengths  # where range i begins in the result
+    return torch.repeat_interleave(starts - before, lengths) + torch.arange(int(lengths.sum()))
 
 
 @torch.no_grad()

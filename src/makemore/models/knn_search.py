@@ -21,7 +21,7 @@ EXACT_KEYS = 1 << 16  # up to this many keys, every query reads them all (names:
 KEYS_PER_CELL = 512
 PROBES = 16  # cells searched per query (KNNConfig.probes)
 MAX_KEYS = 1 << 20  # at most ~1M distinct states: 128 MB of float16 keys at 64 dimensions
-MAX_COUNTS = 1 << 26  # distinct states x vocabulary: 256 MB of counts
+MAX_POSITIONS = 1 << 22  # training positions read at most: their states take 4 GB (float32, 256 units)
 KMEANS_ROUNDS = 10
 KMEANS_SAMPLE = 64  # keys per cell the centres are fitted on
 
@@ -111,6 +111,6 @@ def _search_cells(queries, keys, centres, starts, k, probes):
 
 
 __all__ = [
-    "EXACT_KEYS", "MAX_COUNTS", "MAX_KEYS", "PROBES", "QUERY_CELLS",
+    "EXACT_KEYS", "MAX_KEYS", "MAX_POSITIONS", "PROBES", "QUERY_CELLS",
     "cell_neighbours", "cells_for", "exact_neighbours", "group",
 ]  # fmt: skip

@@ -321,8 +321,11 @@ const FAMILIES = {
     };
   },
   knn(spec, w) {  // a recurrent network plus the nearest of its training states: lam p_knn + (1 - lam) p_net
-    const c = spec.config, net = build(spec.members[0], w, "members.0."), keys = w.keys.data, counts = w.counts.data;
-    const [N, D] = w.keys.shape, V = w.counts.shape[1], H = w.mean.shape[0], C = w.centres.shape[0];
+    const c = spec.config, net = build(spec.members[0], w, "members.0."), keys = w.keys.data;
+    const [N, D] = w.keys.shape, H = w.mean.shape[0], C = w.centres.shape[0];
+    // what followed key j: nextTokens[p], nextCounts[p] times, p in offsets[j] .. offsets[j + 1] - 1
+    const offsets = Array.from(w.offsets.data, Number), nextTokens = w.next_tokens.data;
+    const nextCounts = Array.from(w.next_counts.data, Number);
     const centres = w.centres.data, starts = Array.from(w.starts.data, Number);  // cell c: keys starts[c]..starts[c+1]
     const sumsOfSquares = (x, n) => {
       const out = new Float64Array(n);
@@ -361,10 +364,10 @@ const FAMILIES = {
             near[at] = [d, j];
           }
         }
-        const mass = new Float64Array(V);
+        const mass = new Float64Array(logits.length);
         for (const [d, j] of near) {
           const weight = Math.exp(-(d - near[0][0]) / c.temperature);
-          for (let v = 0; v < V; v++) mass[v] += weight * counts[j * V + v];
+          for (let p = offsets[j]; p < offsets[j + 1]; p++) mass[Number(nextTokens[p])] += weight * nextCounts[p];
         }
         const total = mass.reduce((a, b) => a + b, 0), p = logSoftmax(logits).map(Math.exp);
         return [p.map((pv, v) => Math.log(c.lam * mass[v] / total + (1 - c.lam) * pv)), state];

@@ -385,7 +385,9 @@ class KNN:
         c = spec["config"]
         self.net = build(spec["members"][0], w, "members.0.")
         self.k, self.temperature, self.lam = c["k"], c["temperature"], c["lam"]
-        self.mean, self.axes, self.counts = w["mean"], w["axes"], w["counts"].astype(np.float64)
+        self.mean, self.axes = w["mean"], w["axes"]
+        # what followed key j: next_tokens[p], next_counts[p] times, p in offsets[j] .. offsets[j + 1] - 1
+        self.offsets, self.next_tokens, self.next_counts = w["offsets"], w["next_tokens"], w["next_counts"]
         self.keys = w["keys"].astype(np.float32)  # (N, D), grouped by cell where there are cells
         self.norms = (self.keys * self.keys).sum(1)
         self.centres, self.starts, self.probes = w["centres"].astype(np.float32), w["starts"], c["probes"]
@@ -401,7 +403,12 @@ class KNN:
         q = ((self.net.read - self.mean) @ self.axes).astype(np.float32)  # (B, D)
         dist, near = self.nearest(q)
         weights = np.exp(-(dist - dist.min(1, keepdims=True)) / self.temperature)  # 0 where dist is inf
-        mass = (weights[:, :, None] * self.counts[near]).sum(1)  # (B, V)
+        starts = self.offsets[near].ravel()
+        lengths = self.offsets[near + 1].ravel() - starts  # (B k,) pairs of each neighbour
+        pairs = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(lengths.sum())
+        rows = np.repeat(np.arange(len(near)), lengths.reshape(len(near), -1).sum(1))
+        mass = np.zeros(logits.shape, dtype=np.float64)  # (B, V)
+        np.add.at(mass, (rows, self.next_tokens[pairs]), np.repeat(weights.ravel(), lengths) * self.next_counts[pairs])
         p = self.lam * mass / mass.sum(1, keepdims=True) + (1 - self.lam) * np.exp(log_softmax(logits))
         return np.log(p), state
 
