@@ -10,6 +10,9 @@ checking the plan's rules on other alphabets, sizes and item lengths (benchmarks
   symbols, digits and structure far apart (the domain after the name)
 - lines: the non-empty lines of Tiny Shakespeare as items (line mode, ~36 chars): long items of prose
 - pairs-1m: 1,000,000 "first last" pairs drawn by census rank (a Zipf-like law): a million items
+- identifiers: 40,000 distinct words of Python's standard library source (identifiers mostly: snake_case,
+  CamelCase, digits), drawn at random; not built from names at all. Depends on the Python version that runs this
+  (the measurements: 3.11)
 
 Nothing here is committed data: each file is rebuilt from the built-in lists (and ../shared/data for Tiny
 Shakespeare) with a fixed seed, so every run of this script writes the same bytes.
@@ -20,6 +23,8 @@ from __future__ import annotations
 import argparse
 import gzip
 import random
+import re
+import sysconfig
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,7 +81,18 @@ def make_sets() -> dict[str, list[str]]:
     last_weights = [1.0 / (r + 10) for r in range(len(surnames))]
     picks = zip(rng.choices(first, first_weights, k=1_000_000), rng.choices(surnames, last_weights, k=1_000_000))
     sets["pairs-1m"] = [f"{a} {b}" for a, b in picks]
+    sets["identifiers"] = identifiers(40_000)
     return sets
+
+
+def identifiers(count: int) -> list[str]:
+    """`count` distinct words (identifier characters, 3 to 40 long) of the standard library's .py files, drawn with
+    a fixed seed from their sorted list."""
+    words: set[str] = set()
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).rglob("*.py")):
+        text = path.read_text(encoding="utf-8", errors="ignore")
+        words.update(re.findall(r"\b[A-Za-z_][A-Za-z0-9_]{2,39}\b", text))
+    return random.Random(5678).sample(sorted(words), min(count, len(words)))
 
 
 def main() -> None:

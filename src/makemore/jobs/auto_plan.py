@@ -38,7 +38,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from makemore.models.knn_search import PROBES, cells_for
+from makemore.models.knn_search import KEYS_PER_CELL, PROBES, cells_for
 from makemore.training.schedule import TIME_SHARE
 
 # Below this a neural member is not worth its start-up (names: a 100 s GRU alone, val 1.982, is worse than Kneser-Ney,
@@ -97,11 +97,12 @@ DISTANCE_SECONDS = (8e-9, 3e-8)  # per distance of the two val searches: exact; 
 
 def memory_seconds(summary: DataSummary) -> float:
     """The estimated seconds of one memory (its build and its search in the mix), val taken as an eighth of train
-    and every training position as a distinct state (an upper bound). The default job (29k tokens): ~2.5 s
-    (measured: 1 s and a mix); names ~12 s (9 s and a mix); e-mail addresses ~38 s (32 s and a mix)."""
+    and every training position as a distinct state (upper bounds: fewer states make fewer, fuller cells). The
+    default job (29k tokens): ~2.5 s (measured: 1 s and a mix); names ~12 s (9 s and a mix); e-mail addresses
+    ~46 s (28-32 s and a mix)."""
     keys = summary.train_tokens
     cells = cells_for(keys)
-    searched = cells + PROBES * keys / cells if cells else keys  # distances per val query
+    searched = cells + PROBES * KEYS_PER_CELL if cells else keys  # distances per val query, at most
     fixed, per_token = MEMORY_SECONDS
     per_distance = DISTANCE_SECONDS[bool(cells)]
     return fixed + per_token * summary.train_tokens + per_distance * summary.train_tokens / 8 * searched
@@ -119,8 +120,12 @@ def gets_memories(summary: DataSummary, budget: float) -> bool:
 
 
 def memory_reserve(summary: DataSummary, budget: float, members: int) -> float:
-    """Seconds kept at the end for the memories of `members` recurrent members."""
-    return members * memory_seconds(summary) if gets_memories(summary, budget) else 0.0
+    """Seconds kept at the end for the memories of `members` recurrent members and the mix that takes them in (a
+    second mix: the one after the last wave comes first, so that the run is usable while they are built; e-mail
+    addresses: 15 s and 20 s)."""
+    if not members or not gets_memories(summary, budget):
+        return 0.0
+    return members * memory_seconds(summary) + mix_reserve(summary, budget)
 
 
 def ngram_reserve(summary: DataSummary) -> float:
