@@ -72,8 +72,9 @@ def run_case(name: str, root: Path, held_out: Path | None = None) -> dict:
     if budget is not None:
         command += ["--time-budget", str(budget)]
     started = time.perf_counter()
-    makemore(*command)
+    printout = makemore(*command)
     wall = time.perf_counter() - started
+    (root / f"{out.name}.txt").write_text(printout, encoding="utf-8")  # what the user sees (the README's example)
     state = json.loads((out / "auto.json").read_text())
     members = {name: round(member["val_nll"], 4) for name, member in state["done"].items()}
     # a member mixed as its memory (NAME-knn) has no weight of its own
@@ -104,7 +105,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("cases", nargs="+", help=f"{', '.join(sorted(CASES))} or held:NAME[:SECONDS]")
     parser.add_argument("--held-out", type=Path, help="the folder benchmarks/heldout_data.py wrote")
-    parser.add_argument("--keep", type=Path, help="keep the runs in this folder (default: a temporary one)")
+    parser.add_argument(
+        "--keep", type=Path, help="keep the runs and what each printed (CASE.txt) here (default: a temporary folder)"
+    )
     parser.add_argument("--markdown", type=Path, help="append the table to this file")
     args = parser.parse_args()
     rows = []
