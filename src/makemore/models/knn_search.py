@@ -3,7 +3,7 @@
 Exact search reads every key for every query: val on the e-mail addresses (70,000 queries, 400,000 keys) takes two
 minutes on two cores, most of a 10-minute budget. Grouping the keys into cells of ~512 and searching only the
 `probes` cells whose centres are nearest the query reads ~2% of them (FAISS's "IVF" index, without its compression):
-there the same pass takes ~7 s, finds 97% of the exact 64 neighbours, and the memory's NLL moves by 0.0001.
+there the same pass takes ~8 s, finds 97% of the exact 64 neighbours, and the memory's NLL moves by 0.0001.
 
 What is searched is defined exactly (the k nearest keys among those in the query's `probes` nearest cells), so the
 NumPy and JavaScript samplers (export/) find the same neighbours one query at a time.
@@ -90,6 +90,8 @@ def cell_neighbours(
 
 
 def _search_cells(queries, keys, centres, starts, k, probes):
+    """cell_neighbours for one part of the queries: the k nearest of each (query, probed cell) pair, cell by cell
+    (every query probing a cell at once), then the k nearest of each query's probes x k."""
     n = len(queries)
     probe = exact_neighbours(queries, centres, probes)[1]  # (n, P) each query's nearest cells
     slot_dist = torch.full((n * probes, k), torch.inf)  # (n P, k): the k nearest in each (query, cell) pair
