@@ -78,9 +78,12 @@ def member_budget(share: float) -> float:
 
 
 def mix_reserve(summary: DataSummary, budget: float) -> float:
-    """Seconds kept for the end: every member's log-probs of val (about an eighth of train) and the EM fit.
-    Surnames (71k items), a busy 2-core CPU: three members' mixes took ~30 s."""
-    return min(5.0 + 2e-5 * summary.train_tokens, 0.1 * budget)
+    """Seconds kept for the end: every member's log-probs of val (about an eighth of train) and the fit.
+    Surnames (71k items), a busy 2-core CPU: three members' mixes took ~30 s. In line mode the log-linear fit reads
+    every member's whole distribution at every val token, so it grows with tokens x alphabet (quiet 2 cores, three
+    members: e-mail addresses, 581k tokens and 40 symbols, 15-20 s; identifiers, 465k and 63, 21-23 s)."""
+    per_token = 7e-7 * (summary.alphabet + 1) if summary.mode == "line" else 2e-5
+    return min(5.0 + per_token * summary.train_tokens, 0.1 * budget)
 
 
 # A memory of a recurrent member's training states (models/knn.py, `makemore knn`) once the members are trained: its
