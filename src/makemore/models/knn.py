@@ -31,7 +31,7 @@ from torch import nn
 from makemore.config import check, field
 from makemore.data.lines import IGNORE
 from makemore.models.base import LanguageModel, sequence_nll
-from makemore.models.knn_search import PROBES, cell_neighbours, cells_for, exact_neighbours, group
+from makemore.models.knn_search import PROBES, cell_neighbours, cells_for, exact_distances, exact_neighbours, group
 from makemore.models.rnn import GRU, GRUConfig, Recurrent
 
 QUERY_PART = 2048  # queries whose neighbours' counts are read at once
@@ -119,11 +119,15 @@ class KNNLM(LanguageModel):
     def neighbours(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The k nearest keys of each query (n, D) (with cells: among those in its `probes` nearest cells): squared
         distances up to a per-query constant (n, k) and indices (n, k). The constant (|q|^2) cancels in the softmax
-        over a query's neighbours."""
+        over a query's neighbours. Found in float32, their distances are then computed again in float64: a float32
+        |key|^2 of ~500 is off by ~3e-5, which the samplers' own sums would not reproduce (export/ checks them)."""
         keys = self.keys.float()  # (N, D)
         if not self.config.cells:
-            return exact_neighbours(queries, keys, k)
-        return cell_neighbours(queries, keys, self.centres.float(), self.starts, k, self.config.probes)
+            distances, indices = exact_neighbours(queries, keys, k)
+        else:
+            centres, probes = self.centres.float(), self.config.probes
+            distances, indices = cell_neighbours(queries, keys, centres, self.starts, k, probes)
+        return exact_distances(queries, keys, indices, distances), indices
 
     def knn_probs(self, distances: torch.Tensor, indices: torch.Tensor, temperature: float) -> torch.Tensor:
         """p_knn (n, V) from the neighbours' distances and indices (n, k)."""

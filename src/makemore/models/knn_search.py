@@ -40,6 +40,19 @@ def exact_neighbours(queries: torch.Tensor, keys: torch.Tensor, k: int) -> tuple
     return torch.cat(distances), torch.cat(indices)
 
 
+def exact_distances(
+    queries: torch.Tensor, keys: torch.Tensor, indices: torch.Tensor, found: torch.Tensor
+) -> torch.Tensor:
+    """|key|^2 - 2 q.key in float64 for each query's neighbours (n, k); inf where `found` (their float32 distances)
+    is inf (no such neighbour)."""
+    parts = []
+    for q, index, d in zip(queries.split(1024), indices.split(1024), found.split(1024)):
+        near = keys[index].double()  # (n, k, D)
+        exact = (near * near).sum(-1) - 2 * (near @ q.double()[:, :, None])[..., 0]
+        parts.append(torch.where(torch.isinf(d), torch.inf, exact))
+    return torch.cat(parts)
+
+
 def cells_for(n_keys: int) -> int:
     """How many cells a memory of n_keys keys is grouped into: 0 (exact search) up to EXACT_KEYS, else a power of two
     near n_keys / KEYS_PER_CELL."""
@@ -114,5 +127,5 @@ def _search_cells(queries, keys, centres, starts, k, probes):
 
 __all__ = [
     "EXACT_KEYS", "MAX_KEYS", "MAX_POSITIONS", "PROBES", "QUERY_CELLS",
-    "cell_neighbours", "cells_for", "exact_neighbours", "group",
+    "cell_neighbours", "cells_for", "exact_distances", "exact_neighbours", "group",
 ]  # fmt: skip

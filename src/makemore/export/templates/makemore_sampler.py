@@ -414,7 +414,14 @@ class KNN:
 
     def nearest(self, q):
         """The k nearest keys of each query (B, D), with cells among the keys of its `probes` nearest cells: squared
-        distances less |q|^2 (which cancels in the weights) and indices, (B, k); inf where there are fewer keys."""
+        distances less |q|^2 (which cancels in the weights; in float64, as makemore's) and indices, (B, k); inf
+        where there are fewer keys."""
+        dist, near = self.search(q)
+        keys = self.keys[near].astype(np.float64)  # (B, k, D)
+        exact = (keys * keys).sum(-1) - 2 * np.einsum("bkd,bd->bk", keys, q.astype(np.float64))
+        return np.where(np.isinf(dist), np.inf, exact), near
+
+    def search(self, q):
         if not len(self.centres):
             d = self.norms[None, :] - 2 * (q @ self.keys.T)  # (B, N)
             k = min(self.k, d.shape[1])
