@@ -15,7 +15,7 @@ from makemore.api import train
 from makemore.data.lines import LineSplit, Vocab
 from makemore.models import MODELS, build_model
 from makemore.models.knn import KNNLM, KNNConfig, choose_settings, distinct_states
-from makemore.models.knn_search import cell_neighbours, exact_neighbours, group
+from makemore.models.knn_search import cell_neighbours, exact_distances, exact_neighbours, group
 
 VOCAB = Vocab.from_texts(NAMES)
 
@@ -139,6 +139,16 @@ def test_searching_some_cells_finds_the_nearest_keys_of_those_cells():
         allowed = torch.cat([torch.arange(starts[c], starts[c + 1]) for c in cells.tolist()])
         best = allowed[((keys[allowed] - q) ** 2).sum(1).argsort()[:10]]
         assert set(found.tolist()) == set(best.tolist())
+
+
+def test_neighbour_distances_are_computed_again_in_float64():
+    keys = (clustered_keys().float() + 20).half().float()  # |key|^2 ~ 3000: float32 keeps ~4 decimals
+    queries = torch.randn(100, 8) + 20
+    found, indices = exact_neighbours(queries, keys, 16)
+    exact = exact_distances(queries, keys, indices, found)
+    near, q = keys[indices].double(), queries.double()[:, None, :]
+    want = (near * near).sum(-1) - 2 * (near * q).sum(-1)
+    assert (exact - want).abs().max() < 1e-9 < (found.double() - want).abs().max()
 
 
 @pytest.mark.parametrize("cells", [None, 8])
