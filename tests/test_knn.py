@@ -100,6 +100,22 @@ def test_settings_are_chosen_on_val_and_never_worse_than_the_network():
     assert nll == pytest.approx(chosen["val_nll"], abs=1e-4)
 
 
+def test_keys_loaded_later_are_the_ones_searched():
+    """The keys are converted to float32 once and kept (models/knn.py float_keys): loading other keys must
+    replace them, as a model that never searched before loading them shows."""
+    model, fresh = tiny(lam=0.9), tiny(lam=0.9)
+    x, _ = LineSplit(["emma", "zoey"], VOCAB).rows(torch.arange(2))
+    state = model.state_dict()
+    state["keys"] = (state["keys"].float() * -1.5).half()
+    with torch.no_grad():
+        before = model(x)[0]  # searches: the float32 keys are made
+        model.load_state_dict(state)
+        fresh.load_state_dict(state)
+        after = model(x)[0]
+        assert not torch.allclose(after, before)
+        assert torch.equal(after, fresh(x)[0])
+
+
 def clustered_keys(n: int = 3000, dim: int = 8) -> torch.Tensor:
     generator = torch.Generator().manual_seed(0)
     centres = torch.randn(40, dim, generator=generator) * 4

@@ -88,7 +88,10 @@ class KNNLM(LanguageModel):
         self.register_buffer("next_tokens", torch.zeros(c.n_pairs, dtype=torch.long))  # (P,)
         self.register_buffer("next_counts", torch.zeros(c.n_pairs, dtype=torch.long))  # (P,)
         self.register_buffer("centres", torch.zeros(c.cells, c.dim, dtype=torch.float16))  # (C, D) with cells
-        self.register_buffer("starts", torch.zeros(c.cells + 1, dtype=torch.long))  # (C + 1,) cell c: keys[s_c:s_c+1]
+        # (C + 1,) with cells: cell c holds keys[starts[c] : starts[c + 1]]
+        self.register_buffer("starts", torch.zeros(c.cells + 1, dtype=torch.long))
+        self._float_keys: torch.Tensor | None = None  # self.keys in float32 (see float_keys)
+        self.register_load_state_dict_post_hook(lambda module, incompatible: setattr(module, "_float_keys", None))
         self._states: list[torch.Tensor] = []
         self.net.lm_head.register_forward_hook(lambda module, inputs, output: self._states.append(inputs[0]))
 
@@ -116,12 +119,20 @@ class KNNLM(LanguageModel):
         """States (..., H) -> their coordinates on the kept principal axes (..., D)."""
         return (states.float() - self.mean) @ self.axes
 
+    def float_keys(self) -> torch.Tensor:
+        """The keys in float32 (N, D), converted once rather than at every step of sampling (the e-mails' memory:
+        100 MB a step), and again when the keys change (fit, load_state_dict) or move to another device."""
+        cached = self._float_keys
+        if cached is None or cached.device != self.keys.device or cached.shape != self.keys.shape:
+            self._float_keys = self.keys.float()
+        return self._float_keys
+
     def neighbours(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The k nearest keys of each query (n, D) (with cells: among those in its `probes` nearest cells): squared
         distances up to a per-query constant (n, k) and indices (n, k). The constant (|q|^2) cancels in the softmax
         over a query's neighbours. Found in float32, their distances are then computed again in float64: a float32
         |key|^2 of ~500 is off by ~3e-5, which the samplers' own sums would not reproduce (export/ checks them)."""
-        keys = self.keys.float()  # (N, D)
+        keys = self.float_keys()  # (N, D)
         if not self.config.cells:
             distances, indices = exact_neighbours(queries, keys, k)
         else:
@@ -211,6 +222,7 @@ class KNNLM(LanguageModel):
             keys, tokens, counts, c.cells = keys[order], tokens[pairs], counts[pairs], len(self.centres)
             offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(lengths, 0)])
         self.keys, self.offsets, self.next_tokens, self.next_counts = keys, offsets, tokens, counts
+        self._float_keys = None
         if val is not None and len(val):
             c.temperature, c.lam = choose_settings(self, val)["chosen"]
 
