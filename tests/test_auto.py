@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,16 @@ from helpers import run_cli
 import makemore
 from makemore.cli.info import format_info
 from makemore.jobs import auto
-from makemore.jobs.auto_plan import MIN_MEMBER_SECONDS, DataSummary, Member, Plan, make_plan, ngram_reserve
+from makemore.jobs.auto_plan import (
+    MAX_ITEM_CONTEXT,
+    MIN_MEMBER_SECONDS,
+    DataSummary,
+    Member,
+    Plan,
+    make_plan,
+    ngram_reserve,
+)
+from makemore.models.transformer import TransformerConfig
 from makemore.runs import checkpoint as ckpt
 from makemore.training.schedule import TIME_SHARE
 
@@ -109,6 +119,27 @@ def test_plan_regularises_by_passes_over_the_data():
     assert many.get("patience") and many.get("dropout", 0.3) > 0
     # names in 30 minutes (~36 passes a member): the family's own patience (a tight one stopped members at high lr)
     assert all("patience" not in m.settings for m in make_plan(NAMES, 1800, "cpu", cores=2).members)
+
+
+def test_the_transformer_reads_the_longest_item_in_one_context():
+    """Line mode: the Transformer's context holds the longest training item (and its start token), up to
+    MAX_ITEM_CONTEXT: a longer item is read through a sliding window, the whole network again at every position
+    past the context."""
+
+    def context(summary: DataSummary) -> int:
+        member = next(m for m in make_plan(summary, 600, "cpu", cores=2).members if m.model == "transformer")
+        return member.settings.get("block_size", TransformerConfig().block_size)
+
+    assert context(replace(NAMES, longest=15)) == TransformerConfig().block_size  # names: the registry's context
+    assert context(replace(NAMES, longest=40)) == 41
+    assert context(replace(NAMES, longest=5000)) == MAX_ITEM_CONTEXT
+
+
+def test_the_plan_sees_the_longest_item(capsys, tmp_path):
+    data = tmp_path / "items.txt"
+    data.write_text("\n".join(["ab", "abc", "x" * 50] * 40) + "\n", encoding="utf-8")
+    code, stdout, _ = run_cli(capsys, "train", "-i", data, "--dry-run", "--time-budget", 600, "--out", tmp_path / "r")
+    assert code == 0 and "block_size=51" in stdout, stdout
 
 
 def tiny_plan(summary: DataSummary, budget: float, device: str = "cpu", cores: int = 1, slots: int = 1) -> Plan:

@@ -85,7 +85,8 @@ def summarize(options: DataOptions, seed: int) -> DataSummary:
     train = data.items["train"]
     chars = sum(map(len, train))
     labels = len(data.info.get("labels", []))
-    return DataSummary("line", len(train), chars + len(train), alphabet, chars / max(len(train), 1), labels)
+    longest = max(map(len, train), default=0)
+    return DataSummary("line", len(train), chars + len(train), alphabet, chars / max(len(train), 1), labels, longest)
 
 
 def check_settings(settings: dict[str, Any]) -> None:

@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from makemore.models.knn_search import KEYS_PER_CELL, PROBES, cells_for
+from makemore.models.transformer import TransformerConfig
 from makemore.training.schedule import TIME_SHARE
 
 # Below this a neural member is not worth its start-up (names: a 100 s GRU alone, val 1.982, is worse than Kneser-Ney,
@@ -62,6 +63,11 @@ MAX_WAVES = 4
 EARLY_STOP_PASSES = 100.0
 SMALL_TOKENS = 100_000  # fewer training tokens than this: narrower networks (they overfit in a few epochs)
 LONG_ITEMS = 40.0  # mean item length (chars) above which items are treated like prose
+# Line mode: the Transformer's context holds the longest training item (its start token and characters), up to
+# this. A longer item is read through a sliding window: every position past the context runs the whole network
+# again. Its registry context of 32 made the held-out identifiers (items up to 40 characters) train at 2.1k tokens/s
+# against names' 12.6k (session 8), 730 steps in 500 s.
+MAX_ITEM_CONTEXT = 256
 # Conservative training throughput, tokens per second (one process, the family's registry settings), used only to
 # estimate the passes over the data a budget buys. 2-core CPU: GRU 13.7k, Transformer 14.5k (--preset fast, a busy
 # machine) to 36-39k (quiet).
@@ -147,6 +153,7 @@ class DataSummary:
     alphabet: int  # distinct characters
     mean_len: float  # line mode: mean item length; stream mode: 0
     labels: int = 0  # labelled data: how many labels (every member is conditioned on the label)
+    longest: int = 0  # line mode: the longest training item (chars); stream mode: 0
 
     @property
     def prose(self) -> bool:
@@ -265,6 +272,10 @@ def member_settings(model: str, summary: DataSummary, seconds: float, device: st
         settings, why = {"preset": "fast"}, "a short share: the fast preset (2 layers, no dropout, lr 5e-3)"
     else:
         settings, why = regularisation(model, epochs)
+    context = summary.longest + 1  # the start token and the characters
+    if model == "transformer" and context > TransformerConfig.block_size:
+        settings["block_size"] = min(context, MAX_ITEM_CONTEXT)
+        why += f"; items up to {summary.longest} characters: a context of {settings['block_size']}"
     small = summary.train_tokens < SMALL_TOKENS
     if small and model in ("gru", "lstm"):
         settings["n_hidden"] = 128
