@@ -192,6 +192,32 @@ def test_tiny_plan_end_to_end(tiny, names_file, tmp_path):
     assert "--model auto: 3 of 3 planned members" in shown and "3-transformer" in shown
 
 
+def memory_plan(summary: DataSummary, budget: float, device: str = "cpu", cores: int = 1) -> Plan:
+    """The tiny plan, its GRU given a memory of its training states."""
+    return replace(tiny_plan(summary, budget), memories=True)
+
+
+def test_a_recurrent_member_is_mixed_as_its_memory(monkeypatch, names_file, tmp_path):
+    monkeypatch.setattr(auto, "make_plan", memory_plan)
+    out = tmp_path / "auto"
+    result = makemore.train(names_file, model="auto", out=out, samples=0)
+    members = {m["name"]: m for m in result["members"]}
+    assert list(members) == ["1-ngram", "2-gru", "3-transformer", "2-gru-knn"]
+    assert "weight" in members["2-gru-knn"] and "weight" not in members["2-gru"]  # the GRU is mixed as its memory
+    assert ckpt.read_run_spec(out / "parts" / "2-gru-knn").model_name == "knn"
+    assert members["2-gru-knn"]["val_nll"] <= members["2-gru"]["val_nll"] + 1e-6  # lam 0 is among its settings
+    assert members["2-gru"]["val_nll"] == pytest.approx(_run_val(out / "parts" / "2-gru"), abs=1e-5)
+    run = makemore.load(out)
+    assert len(run.generate(3, seed=1).items) == 3
+    assert abs(run.evaluate("val")["val"]["nll"] - result["val"]["nll"]) < 1e-5
+    shown = format_info(makemore.describe_run(out))
+    assert "--model auto: 4 of 4 planned members" in shown and "mixed as 2-gru-knn" in shown
+
+
+def _run_val(run_dir: Path) -> float:
+    return makemore.load(run_dir).evaluate("val")["val"]["nll"]
+
+
 def repeat_plan(summary: DataSummary, budget: float, device: str = "cpu", cores: int = 1) -> Plan:
     """The tiny plan's GRU, then the GRU again with the next seed."""
     plan = tiny_plan(summary, budget)

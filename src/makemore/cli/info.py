@@ -53,7 +53,8 @@ def _size(info: dict[str, Any]) -> str:
 
 def _trained(info: dict[str, Any]) -> str:
     if "auto" in info:
-        done, planned = len(info["auto"]["members"]), len(info["auto"]["planned"])
+        auto = info["auto"]  # a member mixed as its memory is in "replaced", its memory in "members"
+        done, planned = len(auto["members"]) + len(auto.get("replaced", [])), len(auto["planned"])
         return f"--model auto: {done} of {planned} planned members trained, {_mixed(info)} on val"
     if "mix" in info:
         return f"{_mixed(info)} (each member trained on its own)"
