@@ -214,6 +214,22 @@ def test_a_recurrent_member_is_mixed_as_its_memory(monkeypatch, names_file, tmp_
     assert "--model auto: 4 of 4 planned members" in shown and "mixed as 2-gru-knn" in shown
 
 
+def test_a_plan_with_memories_resumes_like_an_uninterrupted_one(monkeypatch, names_file, tmp_path):
+    monkeypatch.setattr(auto, "make_plan", memory_plan)
+    straight = makemore.train(names_file, model="auto", out=tmp_path / "straight", samples=0)
+    out, calls = tmp_path / "stopped", []
+
+    def stop_in_the_last_member():
+        calls.append(1)
+        return len(calls) > 35
+
+    first = makemore.train(names_file, model="auto", out=out, samples=0, should_stop=stop_in_the_last_member)
+    assert first["stopped"] == "interrupted" and [m["name"] for m in first["members"]] == ["1-ngram", "2-gru"]
+    resumed = makemore.train(resume=out, samples=0)
+    assert resumed["stopped"] == "plan" and "2-gru-knn" in [m["name"] for m in resumed["members"]]
+    assert resumed["val"]["nll"] == straight["val"]["nll"]
+
+
 def _run_val(run_dir: Path) -> float:
     return makemore.load(run_dir).evaluate("val")["val"]["nll"]
 
