@@ -80,8 +80,11 @@ def test_the_budget_becomes_a_step_count_after_the_warmup_or_probe():
     assert short.fixes_at(4)  # the trainer times an evaluation here: 0.5 s, for an evaluation every 10 steps
     short.timed_evaluation(0.5, 10)
     short.seconds_at(4, 4.5)  # the clock now includes the evaluation, which is not the steps' own speed
-    # the steps take 1 s each ((4.5 - 0.5 - 1.0) s over steps 1-4 is 1 s a step), plus 0.05 s of evaluation each
-    assert short.steps == 4 + int(schedule.TIME_SHARE * 95.5 / 1.05)  # fixed by the end of warmup
+    # the steps take 1 s each ((4.5 - 0.5 - 1.0) s over steps 1-4 is 1 s a step), plus 0.05 s of evaluation each,
+    # in the time left less one final evaluation
+    assert short.steps == 4 + int(schedule.TIME_SHARE * (95.5 - 0.5) / 1.05)  # fixed by the end of warmup
+    # training stops where one more step and the final evaluation would end past the budget
+    assert not short.out_of_time(99.5) and short.out_of_time(99.6) and short.out_of_time(99.0, step_seconds=0.6)
 
 
 def test_a_budgeted_run_equals_max_steps_of_its_recorded_length(tmp_path, names_file, fake_clock):
@@ -126,6 +129,26 @@ def test_the_clock_stops_a_run_early_without_touching_its_steps(tmp_path, names_
     assert result["stopped"] == "time_budget" and result["schedule_steps"] == 30 and result["step"] < 30
     expected = [(step, schedule.lr_of_step(run.config, step - 1, 30)) for step in range(1, result["step"] + 1)]
     assert lrs(tmp_path / "slow") == expected
+
+
+def test_a_run_stopped_by_the_clock_ends_its_final_evaluation_within_the_budget(tmp_path, names_file, fake_clock):
+    items = names_file.read_text().split()
+    run = make_trainer(tmp_path / "slow", items, max_steps=1000, time_budget=60.0)
+    draw, evaluate = run.sampler.next, run.evaluate
+
+    def slower_after_the_probe():  # the machine gets busy once the length is fixed
+        CLOCK[0] += 2.0 if run.state.step >= 10 else 0.0
+        return draw()
+
+    def three_second_evaluation(split):
+        CLOCK[0] += 3.0
+        return evaluate(split)
+
+    run.sampler.next, run.evaluate = slower_after_the_probe, three_second_evaluation
+    result = run.train()
+    assert result["stopped"] == "time_budget" and result["step"] < result["schedule_steps"]
+    assert result["final_eval_seconds"] == 3.0
+    assert 57.0 <= CLOCK[0] <= 60.0  # the last evaluation started at least 3 s before the budget, and ended in it
 
 
 @pytest.mark.parametrize(

@@ -72,14 +72,14 @@ MAX_ITEM_CONTEXT = 256
 # estimate the passes over the data a budget buys. 2-core CPU: GRU 13.7k, Transformer 14.5k (--preset fast, a busy
 # machine) to 36-39k (quiet).
 THROUGHPUT = {"cpu": 15_000.0, "cuda": 300_000.0, "mps": 60_000.0}
-RESERVE_SECONDS = 8.0  # per member: start-up, final evaluation and saving
+RESERVE_SECONDS = 8.0  # per member: start-up, the results' val evaluation, samples and saving
 
 
 def member_budget(share: float) -> float:
     """A member's --time-budget for `share` seconds of training: a time budget fits its schedule into TIME_SHARE of
-    the budget (slack for a run that slows down, and for the final evaluation), which would leave that slack unused
-    next to the member's own reserve (Tiny Shakespeare, 600 s: the command ended at 542 s), so the member may use
-    its reserve too, never more."""
+    the budget (slack for a run that slows down; the final evaluation has its own room), which would leave that
+    slack unused next to the member's own reserve (Tiny Shakespeare, 600 s: the command ended at 542 s), so the
+    member may use its reserve too, never more."""
     return min(share / TIME_SHARE, share + RESERVE_SECONDS)
 
 

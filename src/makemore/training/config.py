@@ -19,7 +19,8 @@ class TrainConfig:
     max_steps: int = field(5000, "number of optimizer steps")
     time_budget: float | None = field(
         None,
-        "stop after this many seconds of training (none: no limit; --max-steps given without --time-budget turns a "
+        "stop after this many seconds of training, the final val evaluation included (none: no limit; --max-steps "
+        "given without --time-budget turns a "
         "recommended budget off); the schedule's length in steps is estimated from the warmup's speed, once, printed "
         "and recorded (schedule_steps in the checkpoint and the result)",
     )
@@ -110,8 +111,12 @@ class TrainState:
     # the learning-rate schedule's length in steps: max_steps, or (--time-budget) the estimate fixed once after the
     # first steps; 0 until then. A resumed run continues the same schedule.
     schedule_steps: int = 0
+    # (--time-budget) seconds one val evaluation took when the length was fixed: training stops that long before
+    # the budget, so that the final evaluation ends within it. 0: not timed (no budget, or an older checkpoint).
+    final_eval_seconds: float = 0.0
 
     def __post_init__(self):  # checked when a checkpoint is read back
         check(self.step >= 0 and self.best_step >= -1, "step must be >= 0 and best_step >= -1")
         check(self.elapsed >= 0 and self.evals_without_improvement >= 0, "elapsed and evaluation count must be >= 0")
         check(self.schedule_steps >= 0, f"schedule_steps must be >= 0, got {self.schedule_steps}")
+        check(self.final_eval_seconds >= 0, f"final_eval_seconds must be >= 0, got {self.final_eval_seconds}")

@@ -2,7 +2,8 @@
 
 A time budget decides when a run stops, never what a step computes: after a short timed start (`PROBE_STEPS`, or
 the warmup if shorter) the budget is turned once into a step count, the schedule's length from then on. The same
-run with `--max-steps` set to that count computes the same learning rate at every step.
+run with `--max-steps` set to that count computes the same learning rate at every step. The budget holds the run's
+final evaluation too: training stops one timed evaluation before it (`Horizon.out_of_time`).
 """
 
 from __future__ import annotations
@@ -48,10 +49,10 @@ class Horizon:
     """Fixes the schedule's length once: max_steps, or with a time budget min(max_steps, the steps that fit).
 
     `seconds_at(step, elapsed)` is told the (rank-agreed) training clock before every step; `steps` is 0 until fixed.
-    `steps`: the length a resumed run had fixed (0: none yet).
+    `steps`: the length a resumed run had fixed (0: none yet); `final_seconds`: the evaluation it had timed.
     """
 
-    def __init__(self, config: TrainConfig, steps: int = 0):
+    def __init__(self, config: TrainConfig, steps: int = 0, final_seconds: float = 0.0):
         self.config = config
         # without a budget the length is max_steps (a resumed run may have been given more); with one, the estimate
         # a resumed run had fixed, within the (possibly new) max_steps
@@ -61,6 +62,7 @@ class Horizon:
         # what else each step costs over the run: evaluation every eval_every steps (timed once by the trainer)
         self.extra_per_step = 0.0
         self.untimed_seconds = 0.0  # clock time since timing started that was not spent on steps (that evaluation)
+        self.final_seconds = final_seconds  # kept free at the end of the budget for the final evaluation
         self.from_checkpoint = False  # the length comes from the checkpoint's steps and seconds, not from timing
 
     def fixes_at(self, step: int) -> bool:
@@ -72,6 +74,7 @@ class Horizon:
         from now on, and the clock's reading includes it once, which is not the steps' own speed."""
         self.extra_per_step = seconds / max(eval_every, 1)
         self.untimed_seconds += seconds
+        self.final_seconds = seconds
 
     def seconds_at(self, step: int, elapsed: float) -> None:
         if self.steps:
@@ -86,14 +89,20 @@ class Horizon:
             self.steps = self.estimate(step, elapsed)
 
     def estimate(self, step: int, elapsed: float) -> int:
-        """Steps done + the steps that fit in the time left at the timed speed (evaluations included), at most
-        max_steps."""
+        """Steps done + the steps that fit in the time left at the timed speed (evaluations included, and the
+        final evaluation kept free), at most max_steps."""
         first, started = self.timed_from or (0, 0.0)
         per_step = max(elapsed - started - self.untimed_seconds, 0.0) / max(step - first, 1) + self.extra_per_step
         budget = self.config.time_budget or math.inf
-        remaining = TIME_SHARE * (budget - elapsed) / per_step if per_step > 0 else math.inf
+        remaining = TIME_SHARE * (budget - elapsed - self.final_seconds) / per_step if per_step > 0 else math.inf
         fit = step + max(0, math.floor(remaining)) if math.isfinite(remaining) else self.config.max_steps
         return max(step, 1, min(self.config.max_steps, fit))
+
+    def out_of_time(self, elapsed: float, step_seconds: float = 0.0) -> bool:
+        """Whether training must stop after `elapsed` seconds: one more step (as long as the last, `step_seconds`)
+        and then the final evaluation (`final_seconds` when timed) would end past the budget."""
+        budget = self.config.time_budget
+        return budget is not None and (elapsed >= budget or elapsed + step_seconds + self.final_seconds > budget)
 
     def lr(self, step: int) -> float:
         """This step's learning rate; before the length is fixed (the timed start) only the length-free part runs."""

@@ -80,6 +80,8 @@ class Trainer:
         self.state = TrainState()
         self.files = RunWriter(self.run_dir, self.dist.is_main, lambda: self.state.step)
         self.skipped_steps, self.nonfinite_streak = 0, 0  # --skip-nonfinite bookkeeping
+        self.step_seconds = 0.0  # how long the last step took (a time budget stops one step early enough)
+        self.evaluated_at = -1  # the step of the last val evaluation, which a stop need not repeat
         self.warnings: list[str] = []  # also sent as "warning" events; these lists those from before on_event was set
         self.sampler = self.make_sampler()
         # A sampler that carries state (stream mode, --stateful) feeds consecutive windows of the same streams: the
@@ -209,6 +211,7 @@ class Trainer:
 
     def record_eval(self, elapsed: float) -> bool:
         """Evaluate on val, keep the best weights (the average, with --ema); True when early stopping says stop."""
+        self.evaluated_at = self.state.step
         with self.average.applied() if self.average is not None else contextlib.nullcontext():
             val = self.evaluate("val")["nll"] if len(self.splits["val"]) else math.nan
             keep = (not math.isnan(val) and val < self.state.best_val) or self.state.best_step < 0
@@ -292,16 +295,16 @@ class Trainer:
 
     def stop_reason(self, start: float, horizon: Horizon) -> str | None:
         """Why training stops before the next step (None: it goes on); also times the start for the schedule."""
-        elapsed, interrupted = time.perf_counter() - start, self.should_stop()
+        elapsed, interrupted, step_seconds = time.perf_counter() - start, self.should_stop(), self.step_seconds
         if self.dist.enabled:  # every rank takes the same decisions: the slowest clock, anyone's stop
-            elapsed, stop_votes = distributed.all_reduce_max([elapsed, float(interrupted)])
+            elapsed, stop_votes, step_seconds = distributed.all_reduce_max([elapsed, float(interrupted), step_seconds])
             interrupted = stop_votes > 0
         fixed = horizon.steps
         if self.config.time_budget is not None and horizon.fixes_at(self.state.step):
             horizon.timed_evaluation(self.time_evaluation(), self.config.eval_every)
             elapsed = max(elapsed, time.perf_counter() - start)  # the budget left excludes that evaluation
         horizon.seconds_at(self.state.step, elapsed)
-        self.state.schedule_steps = horizon.steps
+        self.state.schedule_steps, self.state.final_eval_seconds = horizon.steps, horizon.final_seconds
         if horizon.steps != fixed and self.config.time_budget is not None and self.dist.is_main:
             self.on_event({
                 "event": "info",
@@ -310,7 +313,7 @@ class Trainer:
             })  # fmt: skip
         if self.state.step >= (horizon.steps or self.config.max_steps):
             return "max_steps"
-        if self.config.time_budget is not None and elapsed >= self.config.time_budget:
+        if horizon.out_of_time(elapsed, step_seconds):
             return "time_budget"
         return "interrupted" if interrupted else None
 
@@ -370,7 +373,7 @@ class Trainer:
         self.model.train()
         self.observer.start(state.step)  # TensorBoard drops events from after this step (resume, --force)
         start = time.perf_counter() - state.elapsed
-        horizon = Horizon(config, state.schedule_steps)
+        horizon = Horizon(config, state.schedule_steps, state.final_eval_seconds)
         # (under torchrun each rank's window holds its own part of the losses: a resumed window starts empty)
         window = LogWindow() if self.dist.enabled else LogWindow.resumed(state)
         stopped = None
@@ -378,8 +381,9 @@ class Trainer:
             stopped = "early_stopping"  # resumed from the checkpoint where early stopping had ended the run
         with self.training_threads():
             while stopped is None and (stopped := self.stop_reason(start, horizon)) is None:
-                lr = horizon.lr(state.step)
+                lr, began = horizon.lr(state.step), time.perf_counter()
                 grad_norm = self.one_step(lr, window)
+                self.step_seconds = time.perf_counter() - began
                 if self.is_log_step(state.step):
                     window = self.log_window(window, start, lr, grad_norm)
                 if state.step % config.eval_every == 0 or state.step == horizon.steps:
@@ -387,7 +391,7 @@ class Trainer:
                     self.checkpoint(start, window)
         state.elapsed = time.perf_counter() - start
         if stopped != "early_stopping" and (state.best_step < 0 or stopped in ("time_budget", "interrupted")):
-            if stopped != "interrupted":
+            if stopped != "interrupted" and self.evaluated_at != state.step:
                 self.record_eval(state.elapsed)
             self.checkpoint(start, window)
         self.observer.close()
