@@ -87,7 +87,7 @@ MODELS: dict[str, ModelSpec] = {
         LSTMConfig,
         LSTM,
         "Hochreiter & Schmidhuber 1997 LSTM (fused nn.LSTM), stacked, dropout",
-        {**TEN_MINUTES, "lr": 3e-3, "max_steps": 20000, "batch_size": 64, "weight_decay": 0.01},
+        {**TEN_MINUTES, "lr": 3e-3, "max_steps": 20000, "batch_size": 64, "weight_decay": 0.1},
     ),
     "transformer": ModelSpec(
         TransformerConfig,
