@@ -20,11 +20,13 @@ from makemore.jobs import auto
 from makemore.jobs.auto_plan import (
     MAX_ITEM_CONTEXT,
     MIN_MEMBER_SECONDS,
+    RESERVE_SECONDS,
     DataSummary,
     Member,
     Plan,
     make_plan,
     ngram_reserve,
+    wave_budget,
 )
 from makemore.models.transformer import TransformerConfig
 from makemore.runs import checkpoint as ckpt
@@ -54,6 +56,17 @@ def test_plan_fits_the_budget_and_is_a_pure_function(summary, budget, cores):
     for k, member in enumerate(plan.members):
         assert member.repeat == sum(m.model == member.model for m in plan.members[:k])
     assert plan.slots <= max(cores, 1)
+
+
+@pytest.mark.parametrize("seconds_left", [150.0, 528.0, 1800.0])
+def test_the_last_wave_ends_within_the_deadline_and_earlier_waves_pass_time_on(seconds_left):
+    end = 90.0  # the memories and the mix
+    last = wave_budget(seconds_left, end, 1)
+    # a member runs at most its budget (the trainer stops in time for its final evaluation), then its reserve
+    assert last + RESERVE_SECONDS <= seconds_left - end
+    for waves_left in (2, 3, 4):  # an earlier wave's members may train into their reserve, never past their share
+        share = (seconds_left - end) / waves_left
+        assert share - RESERVE_SECONDS < wave_budget(seconds_left, end, waves_left) <= max(share, 10.0)
 
 
 def test_side_by_side_on_a_multicore_cpu_one_at_a_time_on_a_gpu():

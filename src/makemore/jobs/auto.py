@@ -37,13 +37,12 @@ from makemore.jobs import knn as knn_job
 from makemore.jobs import mix as mix_job
 from makemore.jobs.auto_parallel import run_side_by_side, wait_for_exit
 from makemore.jobs.auto_plan import (
-    RESERVE_SECONDS,
     DataSummary,
     Member,
     Plan,
     describe_plan,
     make_plan,
-    member_budget,
+    wave_budget,
 )
 from makemore.jobs.train_data import DataOptions, load_data
 from makemore.jobs.train_results import STREAM_SAMPLE_CHARS, draw_items, status
@@ -239,9 +238,7 @@ class AutoJob:
         the planned seconds."""
         if deadline is None:
             return None
-        reserve = self.plan.end_reserve()
-        remaining = deadline - time.monotonic() - reserve - waves_left * RESERVE_SECONDS
-        return round(max(member_budget(remaining / waves_left), 10.0), 1)
+        return wave_budget(deadline - time.monotonic(), self.plan.end_reserve(), waves_left)
 
     def member_kwargs(self, member: Member, seconds: float | None) -> dict[str, Any]:
         """train() keyword arguments: resume a member that has a run directory, else start it."""

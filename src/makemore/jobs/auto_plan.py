@@ -72,7 +72,9 @@ MAX_ITEM_CONTEXT = 256
 # estimate the passes over the data a budget buys. 2-core CPU: GRU 13.7k, Transformer 14.5k (--preset fast, a busy
 # machine) to 36-39k (quiet).
 THROUGHPUT = {"cpu": 15_000.0, "cuda": 300_000.0, "mps": 60_000.0}
-RESERVE_SECONDS = 8.0  # per member: start-up, the results' val evaluation, samples and saving
+# per member: start-up, the results' val evaluation and saving (measured between the waves of names in 30 minutes:
+# 8-10 s beyond the members' time budgets)
+RESERVE_SECONDS = 12.0
 
 
 def member_budget(share: float) -> float:
@@ -81,6 +83,16 @@ def member_budget(share: float) -> float:
     slack unused next to the member's own reserve (Tiny Shakespeare, 600 s: the command ended at 542 s), so the
     member may use its reserve too, never more."""
     return min(share / TIME_SHARE, share + RESERVE_SECONDS)
+
+
+def wave_budget(seconds_left: float, end_reserve: float, waves_left: int) -> float:
+    """Each member's --time-budget in the next of `waves_left` waves: equal shares of the seconds left before the
+    deadline, less the end's reserve (memories, mix) and each member's RESERVE_SECONDS. An earlier wave's members may
+    train into their reserve (member_budget): a member whose schedule ends early passes its time on to the next
+    wave, planned from the clock. The last wave's may not: their start-up and results must end within the deadline
+    (names in 30 minutes ended at 1,802 s when they did)."""
+    share = (seconds_left - end_reserve) / waves_left - RESERVE_SECONDS
+    return round(max(member_budget(share) if waves_left > 1 else share, 10.0), 1)
 
 
 def mix_reserve(summary: DataSummary, budget: float) -> float:
