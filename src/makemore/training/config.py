@@ -20,9 +20,8 @@ class TrainConfig:
     time_budget: float | None = field(
         None,
         "stop after this many seconds of training, the final val evaluation included (none: no limit; --max-steps "
-        "given without --time-budget turns a "
-        "recommended budget off); the schedule's length in steps is estimated from the warmup's speed, once, printed "
-        "and recorded (schedule_steps in the checkpoint and the result)",
+        "given without --time-budget turns a recommended budget off); the schedule's length in steps is estimated "
+        "from the warmup's speed, once, printed and recorded (schedule_steps in the checkpoint and the result)",
     )
     batch_size: int = field(32, "items per batch (line mode); under torchrun the global batch, split across ranks")
     batch_per_rank: bool = field(False, "under torchrun: --batch-size is per rank (global batch = batch size x ranks)")
