@@ -55,7 +55,7 @@ def describe_knn(result: dict[str, Any]) -> str:
         lines.append("  its neighbours do not help on val: lam 0 (the run predicts as the network)")
     else:
         lines.append(
-            f"  with its memory    val nll {result['val_nll']:.4f}  (temperature {result['temperature']:g}, "
+            f"  with its memory    val nll {result['val_nll']:.4f}  (temperature {result['temperature']:.3g}, "
             f"lam {result['lam']:g})"
         )
     lines.append(f"run directory: {result['out']}")
