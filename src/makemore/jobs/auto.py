@@ -207,7 +207,8 @@ class AutoJob:
             done[name] = {"model": "knn", "val_nll": result["val_nll"], "elapsed": elapsed}
             self.info(
                 f"  {name}: val {result['val_nll']:.4f} ({member.name} alone {result['net_val_nll']:.4f}; "
-                f"temperature {result['temperature']:.3g}, lam {result['lam']:g}) after {elapsed:.0f} s{self.time_left()}"
+                f"temperature {result['temperature']:.3g}, lam {result['lam']:g}) "
+                f"after {elapsed:.0f} s{self.time_left()}"
             )
             self.save_state()
             built = True
