@@ -147,13 +147,18 @@ class KNNLM(LanguageModel):
             distances, indices = cell_neighbours(queries, keys, centres, self.starts, k, probes)
         return exact_distances(queries, keys, indices, distances), indices
 
+    def neighbour_pairs(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (next token, count) pairs of every neighbour in `indices` (n, k), concatenated (m,), and how many
+        each neighbour has (n k,)."""
+        starts = self.offsets[indices].reshape(-1)  # (n k,)
+        lengths = self.offsets[indices + 1].reshape(-1) - starts
+        return ranges(starts, lengths), lengths
+
     def knn_probs(self, distances: torch.Tensor, indices: torch.Tensor, temperature: float) -> torch.Tensor:
         """p_knn (n, V) from the neighbours' distances and indices (n, k)."""
         d = distances.double()
         weights = torch.exp(-(d - d[:, :1]) / temperature)  # (n, k); relative to the nearest: no underflow
-        starts = self.offsets[indices]
-        lengths = (self.offsets[indices + 1] - starts).reshape(-1)  # (n k,) pairs of each neighbour
-        pairs = ranges(starts.reshape(-1), lengths)  # (m,) the neighbours' (next token, count) pairs
+        pairs, lengths = self.neighbour_pairs(indices)
         rows = torch.arange(len(d)).repeat_interleave(lengths.view(len(d), -1).sum(1))  # (m,) their query
         mass = torch.zeros(len(d), self.vocab_size, dtype=torch.float64)  # (n, V)
         pair_mass = weights.reshape(-1).repeat_interleave(lengths) * self.next_counts[pairs]
@@ -315,9 +320,7 @@ def neighbour_counts(model: KNNLM, indices: torch.Tensor, targets: torch.Tensor)
     """For each query's neighbours (n, k): how often the query's target followed each (hits, n x k) and how often
     anything did (totals, n x k), so that p_knn(target) = sum_j w_j hits_j / sum_j w_j totals_j for any weights."""
     n, k = indices.shape
-    starts = model.offsets[indices].reshape(-1)  # (n k,)
-    lengths = model.offsets[indices + 1].reshape(-1) - starts
-    pairs = ranges(starts, lengths)  # (m,) every neighbour's (next token, count) pairs
+    pairs, lengths = model.neighbour_pairs(indices)
     owner = torch.arange(n * k).repeat_interleave(lengths)  # (m,) the (query, neighbour) each pair belongs to
     counts = model.next_counts[pairs].double()
     totals = torch.zeros(n * k, dtype=torch.float64).index_add_(0, owner, counts)
